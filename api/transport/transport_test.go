@@ -1,0 +1,322 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseAddress(t *testing.T) {
+	good := map[string]Address{
+		"unix:///run/offload/agent.sock": {Network: NetworkUnix, Path: "/run/offload/agent.sock"},
+		"tcp://192.0.2.1:7000":           {Network: NetworkTCP, Host: "192.0.2.1", Port: 7000},
+		"tcp://[::1]:7000":               {Network: NetworkTCP, Host: "::1", Port: 7000},
+		"vsock://3:1024":                 {Network: NetworkVsock, CID: 3, Port: 1024},
+	}
+	for s, want := range good {
+		got, err := ParseAddress(s)
+		if err != nil || got != want {
+			t.Errorf("ParseAddress(%q) = %+v, %v; want %+v", s, got, err, want)
+		}
+		if got.String() != s {
+			t.Errorf("%+v.String() = %q, want %q", got, got.String(), s)
+		}
+	}
+	bad := map[string]string{
+		"":                                    "want unix",
+		"/run/x.sock":                         "want unix",
+		"unix://relative.sock":                "absolute",
+		"tcp://192.0.2.1":                     "missing port",
+		"tcp://:7000":                         "missing host",
+		"tcp://192.0.2.1:0":                   "bad port",
+		"tcp://192.0.2.1:7000/x":              "want tcp",
+		"vsock://x:1":                         "bad CID",
+		"vsock://3":                           "want vsock",
+		"http://192.0.2.1:80":                 "unknown scheme",
+		"unix:///" + strings.Repeat("a", 120): "longer than",
+	}
+	for s, want := range bad {
+		_, err := ParseAddress(s)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseAddress(%q) error = %v, want it to mention %q", s, err, want)
+		}
+	}
+}
+
+func TestPrefaceRoundTrip(t *testing.T) {
+	b, err := AppendPreface(nil, ChannelQtfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := bytes.NewReader(append(b, "payload"...))
+	name, err := ReadPreface(r)
+	if err != nil || name != ChannelQtfs {
+		t.Fatalf("ReadPreface = %q, %v", name, err)
+	}
+	rest, _ := io.ReadAll(r)
+	if string(rest) != "payload" {
+		t.Fatalf("ReadPreface consumed past the preface: rest %q", rest)
+	}
+	for _, bad := range []string{"", "UPPER", strings.Repeat("a", 33), "a/b"} {
+		if _, err := AppendPreface(nil, bad); !errors.Is(err, ErrBadPreface) {
+			t.Errorf("AppendPreface(%q) = %v, want ErrBadPreface", bad, err)
+		}
+	}
+}
+
+func FuzzReadPreface(f *testing.F) {
+	ok, _ := AppendPreface(nil, ChannelRuntime)
+	f.Add(ok)
+	f.Add([]byte("OFLD\x01\x00"))
+	f.Add([]byte("OFLD\x02\x04qtfs"))
+	f.Add([]byte("OFLD\x01\xffqtfs"))
+	f.Add([]byte("GET / HTTP/1.1\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		name, err := ReadPreface(bytes.NewReader(data))
+		if err != nil {
+			if !errors.Is(err, ErrBadPreface) {
+				t.Fatalf("error %v is not ErrBadPreface", err)
+			}
+			return
+		}
+		if validChannel(name) != nil {
+			t.Fatalf("accepted invalid channel %q", name)
+		}
+		again, err := AppendPreface(nil, name)
+		if err != nil || !bytes.HasPrefix(data, again) {
+			t.Fatalf("accepted preface does not round-trip: %q vs %q", data, again)
+		}
+	})
+}
+
+// echoServe answers every conn on l by echoing what it reads, prefixed with
+// the channel name, until EOF, then closing.
+func echoServe(l net.Listener, name string) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.Write([]byte(name + ":"))
+			io.Copy(c, c)
+		}()
+	}
+}
+
+// exchange writes msg, half-closes and reads the whole answer.
+func exchange(c net.Conn, msg string) (string, error) {
+	defer c.Close()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	if err := CloseWrite(c); err != nil {
+		return "", err
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func roundTrip(t *testing.T, c net.Conn, msg string) string {
+	t.Helper()
+	got, err := exchange(c, msg)
+	if err != nil {
+		t.Fatalf("exchange: %v", err)
+	}
+	return got
+}
+
+// refused asserts the server never answers on c: a peer it rejected may see
+// an error at any step (TLS 1.3 reports a rejected client certificate only
+// after the client's handshake has finished) or a plain close.
+func refused(t *testing.T, c net.Conn) {
+	t.Helper()
+	if got, _ := exchange(c, "x"); got != "" {
+		t.Fatalf("rejected peer got an answer %q", got)
+	}
+}
+
+func startMux(t *testing.T, addr Address, sec Security) *Mux {
+	t.Helper()
+	m, err := Listen(context.Background(), addr, sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go echoServe(m.Channel(ChannelRuntime), ChannelRuntime)
+	go echoServe(m.Channel(ChannelStdio), ChannelStdio)
+	done := make(chan error, 1)
+	go func() { done <- m.Serve() }()
+	t.Cleanup(func() {
+		m.Close()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Serve did not return after Close")
+		}
+	})
+	return m
+}
+
+func TestUnixMuxRoutesChannels(t *testing.T) {
+	dir := t.TempDir()
+	addr := Address{Network: NetworkUnix, Path: filepath.Join(dir, "sub", "agent.sock")}
+	startMux(t, addr, Security{})
+	fi, err := os.Stat(addr.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("socket mode %v, want socket 0600", fi.Mode())
+	}
+	ctx := context.Background()
+	for _, ch := range []string{ChannelRuntime, ChannelStdio} {
+		c, err := Dial(ctx, addr, Security{}, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := roundTrip(t, c, "hello"); got != ch+":hello" {
+			t.Errorf("channel %s got %q", ch, got)
+		}
+	}
+	// A channel nobody serves is closed without a byte.
+	c, err := Dial(ctx, addr, Security{}, ChannelQtfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused(t, c)
+	// Garbage instead of a preface is closed; the mux keeps serving.
+	raw, err := net.Dial("unix", addr.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused(t, raw)
+	c, err = Dial(ctx, addr, Security{}, ChannelRuntime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip(t, c, "again"); got != "runtime:again" {
+		t.Errorf("after bad peer got %q", got)
+	}
+}
+
+func TestUnixListenRefusesLiveSocketAndNonSocket(t *testing.T) {
+	dir := t.TempDir()
+	addr := Address{Network: NetworkUnix, Path: filepath.Join(dir, "a.sock")}
+	startMux(t, addr, Security{})
+	if _, err := Listen(context.Background(), addr, Security{}); err == nil || !strings.Contains(err.Error(), "another server") {
+		t.Fatalf("second listen: %v", err)
+	}
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, []byte("keep"), 0o644)
+	if _, err := Listen(context.Background(), Address{Network: NetworkUnix, Path: file}, Security{}); err == nil {
+		t.Fatal("listen over a regular file succeeded")
+	}
+	if b, _ := os.ReadFile(file); string(b) != "keep" {
+		t.Fatal("regular file was clobbered")
+	}
+}
+
+func TestTCPMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	if err := GenerateCerts(dir, []string{"127.0.0.1", "localhost"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{CAKeyFileName, HostKeyName, DPUKeyFileName} {
+		fi, _ := os.Stat(filepath.Join(dir, n))
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode %v, want 0600", n, fi.Mode().Perm())
+		}
+	}
+	if err := GenerateCerts(dir, []string{"127.0.0.1"}); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("GenerateCerts over existing files: %v", err)
+	}
+	m := startMux(t, Address{Network: NetworkTCP, Host: "127.0.0.1"}, HostSecurity(dir))
+	addr := m.Addr()
+	ctx := context.Background()
+
+	c, err := Dial(ctx, addr, DPUSecurity(dir), ChannelRuntime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.(*tls.Conn); !ok {
+		t.Errorf("Dial returned %T, want *tls.Conn", c)
+	}
+	if got := roundTrip(t, c, "secret"); got != "runtime:secret" {
+		t.Fatalf("got %q", got)
+	}
+
+	// A client with certificates from another CA is refused.
+	other := t.TempDir()
+	if err := GenerateCerts(other, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := Dial(ctx, addr, DPUSecurity(other), ChannelRuntime); err == nil {
+		refused(t, c)
+	}
+	// An unauthenticated plain client gets nothing.
+	if c, err := Dial(ctx, addr, Security{Insecure: true}, ChannelRuntime); err == nil {
+		refused(t, c)
+	}
+	// Dialling a host name the certificate does not carry fails.
+	wrong := addr
+	wrong.Host = "127.0.0.2"
+	if c, err := Dial(ctx, wrong, DPUSecurity(dir), ChannelRuntime); err == nil {
+		c.Close()
+		t.Fatal("dial to a name outside the host certificate's SANs succeeded")
+	}
+}
+
+func TestTCPNeedsTLSOrInsecure(t *testing.T) {
+	addr := Address{Network: NetworkTCP, Host: "127.0.0.1", Port: 1}
+	if _, err := Listen(context.Background(), addr, Security{}); err == nil || !strings.Contains(err.Error(), "mTLS") {
+		t.Fatalf("Listen without TLS: %v", err)
+	}
+	if _, err := Dial(context.Background(), addr, Security{}, ChannelRuntime); err == nil || !strings.Contains(err.Error(), "mTLS") {
+		t.Fatalf("Dial without TLS: %v", err)
+	}
+	m := startMux(t, Address{Network: NetworkTCP, Host: "127.0.0.1"}, Security{Insecure: true})
+	c, err := Dial(context.Background(), m.Addr(), Security{Insecure: true}, ChannelStdio)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := roundTrip(t, c, "plain"); got != "stdio:plain" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestVsockNeedsAllowlist(t *testing.T) {
+	_, err := Listen(context.Background(), Address{Network: NetworkVsock, CID: 3, Port: 1024}, Security{})
+	if err == nil || !strings.Contains(err.Error(), "allowed peer CIDs") {
+		t.Fatalf("vsock listen without allowlist: %v", err)
+	}
+}
+
+func TestSilentPeerIsDropped(t *testing.T) {
+	old := HandshakeTimeout
+	HandshakeTimeout = 200 * time.Millisecond
+	defer func() { HandshakeTimeout = old }()
+	addr := Address{Network: NetworkUnix, Path: filepath.Join(t.TempDir(), "s.sock")}
+	startMux(t, addr, Security{})
+	raw, err := net.Dial("unix", addr.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := raw.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("silent peer read: %v, want EOF after the handshake timeout", err)
+	}
+}
