@@ -166,4 +166,3 @@ func runRemote(ctx context.Context, client *rexec.Client, cmd *rexec.Cmd) int {
 		}
 	}
 }
-
