@@ -130,9 +130,9 @@ func (p *processIO) CloseAfterStart() error {
 	return nil
 }
 
-func (p *processIO) Stdin() io.WriteCloser  { return nil }
-func (p *processIO) Stdout() io.ReadCloser  { return nil }
-func (p *processIO) Stderr() io.ReadCloser  { return nil }
+func (p *processIO) Stdin() io.WriteCloser { return nil }
+func (p *processIO) Stdout() io.ReadCloser { return nil }
+func (p *processIO) Stderr() io.ReadCloser { return nil }
 
 // receiveConsole takes the pty master runc sent on the console socket.
 func (p *processIO) receiveConsole() error {
