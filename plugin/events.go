@@ -60,6 +60,13 @@ func (l *eventLog) publish(ns, topic string, ev interface{}) (*runtimev1.Event, 
 	return e, nil
 }
 
+// lastSeq is the newest sequence number assigned.
+func (l *eventLog) lastSeq() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.next
+}
+
 // after returns held events with seq > seq and a channel closed on the next
 // append.
 func (l *eventLog) after(seq uint64) ([]*runtimev1.Event, <-chan struct{}) {

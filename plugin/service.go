@@ -130,7 +130,7 @@ func (s *Service) Hello(ctx context.Context, req *runtimev1.HelloRequest) (*runt
 			req.ProtocolVersion, ProtocolVersion, errdefs.ErrNotImplemented))
 	}
 	return &runtimev1.HelloResponse{ProtocolVersion: ProtocolVersion, AgentVersion: s.cfg.AgentVersion,
-		Features: Features, AgentPid: uint32(os.Getpid())}, nil
+		Features: Features, AgentPid: uint32(os.Getpid()), LastSeq: s.events.lastSeq()}, nil
 }
 
 func (s *Service) Create(ctx context.Context, req *runtimev1.CreateRequest) (*runtimev1.CreateResponse, error) {

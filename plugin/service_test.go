@@ -435,6 +435,10 @@ func TestEventsReplay(t *testing.T) {
 		a.startP(ref(id))
 		a.wait(ref(id))
 	}
+	h, err := a.client.Hello(context.Background(), &runtimev1.HelloRequest{ProtocolVersion: ProtocolVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
 	all := a.watchEvents(0)
 	e1, _ := all.next(t, 10*time.Second)
 	e2, _ := all.next(t, 10*time.Second)
@@ -445,6 +449,9 @@ func TestEventsReplay(t *testing.T) {
 	e, v := after.next(t, 10*time.Second)
 	if e.Seq != e2.Seq || v.(*eventsapi.TaskExit).ContainerID != "r2" {
 		t.Fatalf("replay after %d gave seq %d %v", e1.Seq, e.Seq, v)
+	}
+	if h.LastSeq != e2.Seq {
+		t.Fatalf("Hello last_seq %d, newest event %d", h.LastSeq, e2.Seq)
 	}
 	filtered := a.watchEvents(0, "r2")
 	if _, v := filtered.next(t, 10*time.Second); v.(*eventsapi.TaskExit).ContainerID != "r2" {

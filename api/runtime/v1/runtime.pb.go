@@ -260,8 +260,12 @@ type HelloResponse struct {
 	AgentVersion    string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	Features        []string               `protobuf:"bytes,3,rep,name=features,proto3" json:"features,omitempty"`
 	AgentPid        uint32                 `protobuf:"varint,4,opt,name=agent_pid,json=agentPid,proto3" json:"agent_pid,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// last_seq is the newest event sequence number assigned so far: a fresh
+	// shim subscribes with after_seq = last_seq (no stale replay of events
+	// of deleted containers); only a reconnecting shim passes its own.
+	LastSeq       uint64 `protobuf:"varint,5,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HelloResponse) Reset() {
@@ -318,6 +322,13 @@ func (x *HelloResponse) GetFeatures() []string {
 func (x *HelloResponse) GetAgentPid() uint32 {
 	if x != nil {
 		return x.AgentPid
+	}
+	return 0
+}
+
+func (x *HelloResponse) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
 	}
 	return 0
 }
@@ -1777,12 +1788,13 @@ const file_api_runtime_v1_runtime_proto_rawDesc = "" +
 	"\aexec_id\x18\x03 \x01(\tR\x06execId\"Q\n" +
 	"\fHelloRequest\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x16\n" +
-	"\x06client\x18\x02 \x01(\tR\x06client\"\x98\x01\n" +
+	"\x06client\x18\x02 \x01(\tR\x06client\"\xb3\x01\n" +
 	"\rHelloResponse\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x1a\n" +
 	"\bfeatures\x18\x03 \x03(\tR\bfeatures\x12\x1b\n" +
-	"\tagent_pid\x18\x04 \x01(\rR\bagentPid\"e\n" +
+	"\tagent_pid\x18\x04 \x01(\rR\bagentPid\x12\x19\n" +
+	"\blast_seq\x18\x05 \x01(\x04R\alastSeq\"e\n" +
 	"\x05Mount\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x16\n" +
