@@ -44,27 +44,47 @@ func BenchmarkQtfs(b *testing.B) {
 		b.Fatalf("make layer: %v", err)
 	}
 
-	targets := []*target{nativeTarget(), loopbackTarget(base)}
-	var notes []string
-	np, err := newNetPair()
-	if err != nil {
-		notes = append(notes, "sshfs and qtfs skipped: network namespaces: "+err.Error())
-	} else {
-		defer np.close()
-		if t, err := sshfsTarget(base, np); err != nil {
-			notes = append(notes, "sshfs skipped: "+err.Error())
-		} else {
-			defer t.close()
-			targets = append(targets, t)
+	// QTFS_BENCH_TARGETS=native,loopback,... limits the run (default: all).
+	want := map[string]bool{"native": true, "loopback": true, "sshfs": true, "qtfs": true}
+	if v := os.Getenv("QTFS_BENCH_TARGETS"); v != "" {
+		want = map[string]bool{}
+		for _, n := range strings.Split(v, ",") {
+			want[strings.TrimSpace(n)] = true
 		}
-		qexport := filepath.Join(base, "qtfs-export")
-		os.MkdirAll(qexport, 0o755)
-		if t, mode, err := qtfsTarget(base, np, qexport); err != nil {
-			notes = append(notes, "qtfs SKIPPED: "+err.Error())
+	}
+	var targets []*target
+	var notes []string
+	if want["native"] {
+		targets = append(targets, nativeTarget())
+	}
+	if want["loopback"] {
+		targets = append(targets, loopbackTarget(base))
+	}
+	if want["sshfs"] || want["qtfs"] {
+		np, err := newNetPair()
+		if err != nil {
+			notes = append(notes, "sshfs and qtfs skipped: network namespaces: "+err.Error())
 		} else {
-			defer t.close()
-			targets = append(targets, t)
-			notes = append(notes, "qtfs over "+mode)
+			defer np.close()
+			if want["sshfs"] {
+				if t, err := sshfsTarget(base, np); err != nil {
+					notes = append(notes, "sshfs skipped: "+err.Error())
+				} else {
+					defer t.close()
+					targets = append(targets, t)
+				}
+			}
+			if want["qtfs"] {
+				qexport := filepath.Join(base, "qtfs-export")
+				os.MkdirAll(qexport, 0o755)
+				if t, mode, err := qtfsTarget(base, np, qexport); err != nil {
+					notes = append(notes, "qtfs SKIPPED: "+err.Error())
+				} else {
+					defer t.close()
+					targets = append(targets, t)
+					notes = append(notes, "qtfs over "+mode)
+				}
+			}
 		}
 	}
 
