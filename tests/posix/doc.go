@@ -23,10 +23,17 @@
 //		Known:   map[string]string{"deep-paths": "PATH_MAX limit, see issue N"},
 //	})
 //
-// Both directories must be empty, on the same kind of file system, and
-// traversable by the non-root uid (Options.NonRootUID, default 1000): Check
-// chmods them 0777 and their parents must be at least o+x. FUSE mounts must be
-// mounted with allow_other, or every non-root case reports EACCES.
+// Both directories must exist, hold none of the case names, and sit on the
+// same kind of file system. CheckWith chmods them 0777 and adds o+x to their
+// parents (see Reachable) so the unprivileged uid (Options.NonRootUID,
+// default 1000) can reach them. FUSE mounts must be mounted with allow_other,
+// or the permission case is skipped on the mount only, which CheckWith
+// reports as a difference. A case that did not run on either side (and is not
+// in Options.Skip) fails the check: it proved nothing.
+//
+// Options.HostDir, when set, must be the host directory that mnt shows;
+// cases then read durability-relevant results (mmap writes, pwrite, fsync,
+// xattrs, mknod) back through it as well.
 //
 // Some cases need a second process (lock conflicts, a non-root caller, a
 // private umask). The package re-executes the current binary

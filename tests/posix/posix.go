@@ -177,7 +177,14 @@ func Compare(got, want []Result) []Diff {
 			diffs = append(diffs, Diff{g.Case, "+ (case missing from the reference run)\n"})
 			continue
 		}
-		if g.Skipped != "" || w.Skipped != "" {
+		switch {
+		case g.Skipped != "" && w.Skipped != "":
+			continue
+		case g.Skipped != "":
+			diffs = append(diffs, Diff{g.Case, fmt.Sprintf("+ (skipped on the mount only: %s)\n", g.Skipped)})
+			continue
+		case w.Skipped != "":
+			diffs = append(diffs, Diff{g.Case, fmt.Sprintf("- (skipped in the reference only: %s)\n", w.Skipped)})
 			continue
 		}
 		if t := diffSteps(w.Steps, g.Steps); t != "" {
@@ -261,6 +268,9 @@ func CheckWith(t testing.TB, mnt, ref string, opts Options) {
 		if err := os.Chmod(d, 0o777); err != nil {
 			t.Fatalf("posix: chmod %s: %v", d, err)
 		}
+		if err := Reachable(d); err != nil {
+			t.Fatalf("posix: make %s reachable: %v", d, err)
+		}
 	}
 	refOpts := opts
 	refOpts.HostDir = "" // the reference reads back through itself
@@ -277,11 +287,20 @@ func CheckWith(t testing.TB, mnt, ref string, opts Options) {
 		t.Errorf("posix: %s", d)
 	}
 	ran := map[string]bool{}
+	asked := map[string]bool{}
+	for _, n := range opts.Skip {
+		asked[n] = true
+	}
 	for _, r := range got {
-		if r.Skipped == "" {
+		switch {
+		case r.Skipped == "":
 			ran[r.Case] = true
-		} else {
-			t.Logf("posix: case %s skipped: %s", r.Case, r.Skipped)
+		case asked[r.Case]:
+			t.Logf("posix: case %s skipped as asked", r.Case)
+		default:
+			// A precondition failed on both sides (e.g. uid 1000 cannot
+			// reach the directories): the case proved nothing.
+			t.Errorf("posix: case %s did not run: %s", r.Case, r.Skipped)
 		}
 	}
 	var known []string
@@ -292,6 +311,26 @@ func CheckWith(t testing.TB, mnt, ref string, opts Options) {
 	for _, k := range known {
 		if ran[k] && !differs[k] {
 			t.Errorf("posix: case %s is listed as a known deviation (%s) but matches the reference: remove it from the list", k, opts.Known[k])
+		}
+	}
+}
+
+// Reachable adds o+x to dir and each of its parents that lacks it, so the
+// unprivileged caller of the permission cases can reach dir (t.TempDir()
+// creates 0700 parents).
+func Reachable(dir string) error {
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o001); err != nil {
+				return err
+			}
+		}
+		if d == "/" {
+			return nil
 		}
 	}
 }
