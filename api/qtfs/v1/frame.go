@@ -1,0 +1,110 @@
+package qtfsv1
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+)
+
+const (
+	// HeaderSize is the size of a frame header.
+	HeaderSize = 16
+	// MaxData is the largest data payload of a read or write (max_write).
+	MaxData = 1 << 20
+	// MaxPayload bounds every frame payload; a larger length is a protocol
+	// error and closes the connection.
+	MaxPayload = MaxData + 64<<10
+)
+
+// Frame flags.
+const (
+	// FlagReply marks a reply to the request with the same ID.
+	FlagReply uint16 = 1 << 0
+	// FlagNotify marks an unsolicited server-to-client notification (ID 0).
+	FlagNotify uint16 = 1 << 1
+	// FlagOneWay marks a request that gets no reply (forget).
+	FlagOneWay uint16 = 1 << 2
+
+	knownFlags = FlagReply | FlagNotify | FlagOneWay
+)
+
+// ErrFrameTooLarge is returned for a header announcing more than MaxPayload bytes.
+var ErrFrameTooLarge = errors.New("qtfs: frame too large")
+
+// Header is the fixed frame header.
+type Header struct {
+	Len   uint32 // payload bytes after the header
+	Op    Op
+	Flags uint16
+	ID    uint64
+}
+
+// Put encodes h into b[:HeaderSize].
+func (h Header) Put(b []byte) {
+	binary.LittleEndian.PutUint32(b[0:], h.Len)
+	binary.LittleEndian.PutUint16(b[4:], uint16(h.Op))
+	binary.LittleEndian.PutUint16(b[6:], h.Flags)
+	binary.LittleEndian.PutUint64(b[8:], h.ID)
+}
+
+// DecodeHeader parses and validates a frame header.
+func DecodeHeader(b []byte) (Header, error) {
+	if len(b) < HeaderSize {
+		return Header{}, fmt.Errorf("qtfs: short header (%d bytes)", len(b))
+	}
+	h := Header{
+		Len:   binary.LittleEndian.Uint32(b[0:]),
+		Op:    Op(binary.LittleEndian.Uint16(b[4:])),
+		Flags: binary.LittleEndian.Uint16(b[6:]),
+		ID:    binary.LittleEndian.Uint64(b[8:]),
+	}
+	if h.Len > MaxPayload {
+		return Header{}, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, h.Len)
+	}
+	if h.Flags&^knownFlags != 0 {
+		return Header{}, fmt.Errorf("qtfs: unknown frame flags %#x", h.Flags)
+	}
+	if !h.Op.Valid() {
+		return Header{}, fmt.Errorf("qtfs: unknown opcode %d", h.Op)
+	}
+	return h, nil
+}
+
+// ReadFrame reads one frame. buf is reused when large enough; the returned
+// payload aliases it.
+func ReadFrame(r io.Reader, hdr []byte, buf []byte) (Header, []byte, error) {
+	if _, err := io.ReadFull(r, hdr[:HeaderSize]); err != nil {
+		return Header{}, nil, err
+	}
+	h, err := DecodeHeader(hdr)
+	if err != nil {
+		return Header{}, nil, err
+	}
+	if cap(buf) < int(h.Len) {
+		buf = make([]byte, h.Len)
+	}
+	buf = buf[:h.Len]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return Header{}, nil, err
+	}
+	return h, buf, nil
+}
+
+// WriteFrame writes header, body and an optional trailing data slice with one
+// writev, so bulk data is never copied into the body buffer.
+func WriteFrame(w io.Writer, h Header, body, data []byte) error {
+	var hb [HeaderSize]byte
+	h.Len = uint32(len(body) + len(data))
+	h.Put(hb[:])
+	bufs := net.Buffers{hb[:], body}
+	if len(data) > 0 {
+		bufs = append(bufs, data)
+	}
+	_, err := bufs.WriteTo(w)
+	return err
+}

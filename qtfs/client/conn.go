@@ -1,0 +1,210 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
+)
+
+// errConnLost is returned for requests whose connection broke before a reply
+// arrived; the session retries them once it has reconnected.
+var errConnLost = errors.New("qtfs: connection lost")
+
+var bigBufs = sync.Pool{New: func() any { b := make([]byte, qtfsv1.MaxPayload); return &b }}
+
+// frame is a received reply; Release returns its buffer.
+type frame struct {
+	hdr     qtfsv1.Header
+	payload []byte
+	bp      *[]byte
+	err     error
+}
+
+func (f *frame) Release() {
+	if f.bp != nil {
+		bigBufs.Put(f.bp)
+		f.bp = nil
+	}
+}
+
+// wireConn multiplexes requests over one connection: many requests are in
+// flight at once and replies are matched by ID.
+type wireConn struct {
+	nc       net.Conn
+	notify   func(*qtfsv1.Request)
+	wmu      sync.Mutex
+	mu       sync.Mutex
+	nextID   uint64
+	pending  map[uint64]chan *frame
+	err      error
+	dead     chan struct{}
+	deadOnce sync.Once
+}
+
+func newWireConn(nc net.Conn, notify func(*qtfsv1.Request)) *wireConn {
+	return &wireConn{nc: nc, notify: notify, pending: map[uint64]chan *frame{}, dead: make(chan struct{}), nextID: 1}
+}
+
+// hello performs the handshake synchronously before the reader starts.
+func (c *wireConn) hello(h qtfsv1.Hello, timeout time.Duration) (*qtfsv1.HelloReply, error) {
+	c.nc.SetDeadline(time.Now().Add(timeout))
+	defer c.nc.SetDeadline(time.Time{})
+	body, _, err := qtfsv1.EncodeRequest(nil, &qtfsv1.Request{Op: qtfsv1.OpHello, Hello: h})
+	if err != nil {
+		return nil, err
+	}
+	if err := qtfsv1.WriteFrame(c.nc, qtfsv1.Header{Op: qtfsv1.OpHello, ID: 0}, body, nil); err != nil {
+		return nil, fmt.Errorf("send hello: %w", err)
+	}
+	hdr, p, err := qtfsv1.ReadFrame(c.nc, make([]byte, qtfsv1.HeaderSize), nil)
+	if err != nil {
+		return nil, fmt.Errorf("read hello reply: %w", err)
+	}
+	if hdr.Op != qtfsv1.OpHello || hdr.Flags != qtfsv1.FlagReply {
+		return nil, fmt.Errorf("unexpected %s frame in handshake", hdr.Op)
+	}
+	var rep qtfsv1.Reply
+	if err := qtfsv1.DecodeReply(hdr.Op, p, &rep); err != nil {
+		return nil, err
+	}
+	if rep.Errno != 0 {
+		return nil, fmt.Errorf("server refused handshake: %w", syscall.Errno(rep.Errno))
+	}
+	return &rep.Hello, nil
+}
+
+func (c *wireConn) start() { go c.readLoop() }
+
+func (c *wireConn) fail(err error) {
+	c.deadOnce.Do(func() {
+		c.mu.Lock()
+		c.err = err
+		pend := c.pending
+		c.pending = nil
+		c.mu.Unlock()
+		c.nc.Close()
+		for _, ch := range pend {
+			ch <- &frame{err: errConnLost}
+		}
+		close(c.dead)
+	})
+}
+
+func (c *wireConn) readLoop() {
+	hdr := make([]byte, qtfsv1.HeaderSize)
+	for {
+		if _, err := readFull(c.nc, hdr); err != nil {
+			c.fail(err)
+			return
+		}
+		h, err := qtfsv1.DecodeHeader(hdr)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		f := &frame{hdr: h}
+		if h.Len > 64<<10 {
+			f.bp = bigBufs.Get().(*[]byte)
+			f.payload = (*f.bp)[:h.Len]
+		} else {
+			f.payload = make([]byte, h.Len)
+		}
+		if _, err := readFull(c.nc, f.payload); err != nil {
+			f.Release()
+			c.fail(err)
+			return
+		}
+		if h.Flags&qtfsv1.FlagNotify != 0 {
+			req := new(qtfsv1.Request)
+			err := qtfsv1.DecodeRequest(h.Op, f.payload, req)
+			f.Release()
+			if err != nil {
+				c.fail(err)
+				return
+			}
+			if c.notify != nil {
+				c.notify(req)
+			}
+			continue
+		}
+		if h.Flags&qtfsv1.FlagReply == 0 {
+			f.Release()
+			c.fail(fmt.Errorf("qtfs: server sent a request frame"))
+			return
+		}
+		c.mu.Lock()
+		ch := c.pending[h.ID]
+		delete(c.pending, h.ID)
+		c.mu.Unlock()
+		if ch == nil {
+			f.Release() // reply to a request that timed out
+			continue
+		}
+		ch <- f
+	}
+}
+
+func readFull(nc net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := nc.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// send writes req and returns the channel its reply arrives on (nil for one-way).
+func (c *wireConn) send(req *qtfsv1.Request, oneWay bool) (uint64, chan *frame, error) {
+	var ch chan *frame
+	c.mu.Lock()
+	if c.pending == nil {
+		c.mu.Unlock()
+		return 0, nil, errConnLost
+	}
+	id := c.nextID
+	c.nextID++
+	if !oneWay {
+		ch = make(chan *frame, 1)
+		c.pending[id] = ch
+	}
+	c.mu.Unlock()
+
+	bp := bodyBufs.Get().(*[]byte)
+	body, data, err := qtfsv1.EncodeRequest((*bp)[:0], req)
+	if err != nil {
+		c.forget(id)
+		return 0, nil, err
+	}
+	flags := uint16(0)
+	if oneWay {
+		flags = qtfsv1.FlagOneWay
+	}
+	c.wmu.Lock()
+	err = qtfsv1.WriteFrame(c.nc, qtfsv1.Header{Op: req.Op, Flags: flags, ID: id}, body, data)
+	c.wmu.Unlock()
+	*bp = body[:0]
+	bodyBufs.Put(bp)
+	if err != nil {
+		c.fail(err)
+		return 0, nil, errConnLost
+	}
+	return id, ch, nil
+}
+
+func (c *wireConn) forget(id uint64) {
+	c.mu.Lock()
+	if c.pending != nil {
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+}

@@ -1,0 +1,102 @@
+package qtfs_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dpu-offload/offload/qtfs/client"
+	"github.com/dpu-offload/offload/qtfs/server"
+)
+
+// testbed is one host export served on a unix socket and mounted via FUSE.
+type testbed struct {
+	t      *testing.T
+	export string // host directory
+	mnt    string // mountpoint
+	sock   string
+	srv    *server.Server
+	l      net.Listener
+	m      *client.Mount
+}
+
+type tbOpts struct {
+	readOnly bool
+	cache    client.CacheMode
+	timeout  time.Duration
+	exports  []server.Export // extra exports
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for FUSE and file handles")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+}
+
+func newTestbed(t *testing.T, o tbOpts) *testbed {
+	needRoot(t)
+	dir := t.TempDir()
+	tb := &testbed{t: t, export: filepath.Join(dir, "export"), mnt: filepath.Join(dir, "mnt"), sock: filepath.Join(dir, "qtfs.sock")}
+	for _, d := range []string{tb.export, tb.mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tb.startServer(o)
+	if o.cache == "" {
+		o.cache = client.CacheAuto
+	}
+	m, err := client.NewMount(context.Background(), client.MountOptions{
+		SessionOptions: client.SessionOptions{Dial: tb.dial, Export: "test", Timeout: o.timeout},
+		Mountpoint:     tb.mnt, Cache: o.cache, ControlDir: filepath.Join(dir, "ctl"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.m = m
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Logf("unmount: %v", err)
+		}
+		tb.stopServer()
+	})
+	return tb
+}
+
+func (tb *testbed) dial(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", tb.sock)
+}
+
+func (tb *testbed) startServer(o tbOpts) {
+	exports := append([]server.Export{{Name: "test", Path: tb.export, ReadOnly: o.readOnly}}, o.exports...)
+	srv, err := server.New(server.Config{Exports: exports})
+	if err != nil {
+		tb.t.Fatal(err)
+	}
+	os.Remove(tb.sock)
+	l, err := net.Listen("unix", tb.sock)
+	if err != nil {
+		tb.t.Fatal(err)
+	}
+	tb.srv, tb.l = srv, l
+	go srv.Serve(l)
+}
+
+func (tb *testbed) stopServer() {
+	if tb.srv != nil {
+		tb.srv.Close()
+		tb.srv = nil
+	}
+}
+
+// host and dpu paths of a name.
+func (tb *testbed) host(name string) string { return filepath.Join(tb.export, name) }
+func (tb *testbed) dpu(name string) string  { return filepath.Join(tb.mnt, name) }

@@ -1,0 +1,24 @@
+package qtfs_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hanwen/go-fuse/v2/posixtest"
+)
+
+// TestPosix runs go-fuse's POSIX cases against a qtfs mount, each in a fresh
+// directory.
+func TestPosix(t *testing.T) {
+	tb := newTestbed(t, tbOpts{})
+	for name, fn := range posixtest.All {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(tb.mnt, name)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			fn(t, dir)
+		})
+	}
+}
