@@ -39,6 +39,9 @@ type container struct {
 	execs map[string]*process
 	cg    *containerCgroup
 	stop  func() // stops the OOM watch
+	// paused is set by Pause and cleared by Resume, so State and List need
+	// no `runc state` (a fork+exec) per container.
+	paused bool
 
 	// eventMu orders this container's events: OOM before exit, execs'
 	// exits before the init's.
@@ -296,23 +299,30 @@ func (c *container) publishExitLocked(p *process) {
 	close(p.publishedDone)
 }
 
-// status is the init's status, asking runc for paused/pausing.
+// status is the init's status; PAUSED while paused.
 func (c *container) status(ctx context.Context) runtimev1.Status {
 	c.mu.Lock()
-	init := c.init
+	init, paused := c.init, c.paused
 	c.mu.Unlock()
 	if init == nil {
 		return runtimev1.Status_UNKNOWN
 	}
 	st, _, _ := init.snapshot()
-	if st == runtimev1.Status_STOPPED {
-		return st
+	if st == runtimev1.Status_RUNNING && paused {
+		return runtimev1.Status_PAUSED
 	}
-	rs, err := c.runc.State(ctx, c.id)
-	if err != nil {
-		return st
-	}
-	switch rs.Status {
+	return st
+}
+
+func (c *container) setPaused(p bool) {
+	c.mu.Lock()
+	c.paused = p
+	c.mu.Unlock()
+}
+
+// runcStatus maps runc's state names.
+func runcStatus(status string, def runtimev1.Status) runtimev1.Status {
+	switch status {
 	case "created":
 		return runtimev1.Status_CREATED
 	case "running":
@@ -324,7 +334,7 @@ func (c *container) status(ctx context.Context) runtimev1.Status {
 	case "stopped":
 		return runtimev1.Status_STOPPED
 	}
-	return st
+	return def
 }
 
 func (c *container) process(execID string) (*process, error) {
@@ -406,13 +416,14 @@ func (c *container) kill(ctx context.Context, p *process, sig uint32, all bool) 
 // never relayed after the shim's TaskDelete.
 func (c *container) deleteProcess(ctx context.Context, p *process, force bool) (*runtimev1.DeleteResponse, error) {
 	st, pid, _ := p.snapshot()
-	if st == runtimev1.Status_RUNNING || (p.isInit() && st != runtimev1.Status_STOPPED && c.status(ctx) == runtimev1.Status_PAUSED) {
+	if st == runtimev1.Status_RUNNING {
 		if !force {
 			return nil, fmt.Errorf("process %s is running: %w", p.name(), errdefs.ErrFailedPrecondition)
 		}
 		if p.isInit() {
 			c.runc.Kill(ctx, c.id, int(unix.SIGKILL), &runc.KillOpts{All: true})
 			c.runc.Resume(ctx, c.id) // a frozen cgroup holds SIGKILL back
+			c.setPaused(false)
 		} else {
 			p.signal(unix.SIGKILL)
 		}

@@ -182,7 +182,7 @@ func makeBusyboxRootfs(t *testing.T, dir string) {
 	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, app := range []string{"sh", "cat", "echo", "sleep", "head", "dd", "md5sum", "true", "tee", "seq", "ls"} {
+	for _, app := range []string{"sh", "cat", "echo", "sleep", "head", "dd", "md5sum", "true", "tee", "seq", "ls", "stty"} {
 		if err := os.Symlink("busybox", filepath.Join(dir, "bin", app)); err != nil {
 			t.Fatal(err)
 		}

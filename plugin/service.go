@@ -286,6 +286,7 @@ func (s *Service) Pause(ctx context.Context, ref *runtimev1.ProcessRef) (*emptyp
 	if err := c.runc.Pause(ctx, c.id); err != nil {
 		return nil, toWire(fmt.Errorf("runc pause: %w", c.runcError(err)))
 	}
+	c.setPaused(true)
 	return &emptypb.Empty{}, nil
 }
 
@@ -297,6 +298,7 @@ func (s *Service) Resume(ctx context.Context, ref *runtimev1.ProcessRef) (*empty
 	if err := c.runc.Resume(ctx, c.id); err != nil {
 		return nil, toWire(fmt.Errorf("runc resume: %w", c.runcError(err)))
 	}
+	c.setPaused(false)
 	return &emptypb.Empty{}, nil
 }
 

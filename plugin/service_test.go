@@ -21,6 +21,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	runtimev1 "github.com/dpu-offload/offload/api/runtime/v1"
 )
@@ -252,11 +253,27 @@ func TestPauseResumeStats(t *testing.T) {
 	if st, _ := a.client.State(ctx, ref(id)); st.Status != runtimev1.Status_PAUSED {
 		t.Fatalf("status after pause %v", st.Status)
 	}
+	freezer := "/sys/fs/cgroup/freezer/offload-plugintest/" + id + "/freezer.state"
+	if b, err := os.ReadFile(freezer); err != nil || strings.TrimSpace(string(b)) != "FROZEN" {
+		t.Fatalf("freezer.state after pause: %q %v", b, err)
+	}
 	if _, err := a.client.Resume(ctx, ref(id)); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := a.client.State(ctx, ref(id)); st.Status != runtimev1.Status_RUNNING {
 		t.Fatalf("status after resume %v", st.Status)
+	}
+	if b, err := os.ReadFile(freezer); err != nil || strings.TrimSpace(string(b)) != "THAWED" {
+		t.Fatalf("freezer.state after resume: %q %v", b, err)
+	}
+	limit := int64(64 << 20)
+	res, _ := json.Marshal(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}})
+	if _, err := a.client.Update(ctx, &runtimev1.UpdateRequest{Process: ref(id), Resources: &anypb.Any{
+		TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources", Value: res}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile("/sys/fs/cgroup/memory/offload-plugintest/" + id + "/memory.limit_in_bytes"); strings.TrimSpace(string(b)) != strconv.Itoa(64<<20) {
+		t.Fatalf("memory limit after update: %q", b)
 	}
 	resp, err := a.client.Stats(ctx, ref(id))
 	if err != nil {
@@ -471,6 +488,32 @@ func TestAttachErrors(t *testing.T) {
 	a.create(id, testSpec(id, "true"), nil)
 	if _, err := a.attach(ref(id), runtimev1.StdioStream_STDOUT); err == nil {
 		t.Fatal("attach to a stream that was not configured succeeded")
+	}
+	a.del(ref(id))
+}
+
+func TestTerminalResize(t *testing.T) {
+	a := newAgent(t)
+	id := "tty"
+	spec := testSpec(id, "sh", "-c", "sleep 0.5; stty size; read line; echo got:$line")
+	spec.Process.Terminal = true
+	a.create(id, spec, &runtimev1.StdioConfig{Terminal: true, Stdin: true, Stdout: true})
+	out := readAll(a.mustAttach(ref(id), runtimev1.StdioStream_STDOUT))
+	in := a.mustAttach(ref(id), runtimev1.StdioStream_STDIN)
+	if _, err := a.attach(ref(id), runtimev1.StdioStream_STDERR); err == nil {
+		t.Fatal("a terminal has no separate stderr, attach succeeded")
+	}
+	a.startP(ref(id))
+	if _, err := a.client.ResizePty(context.Background(), &runtimev1.ResizePtyRequest{Process: ref(id), Width: 100, Height: 40}); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(in, "hi\n")
+	if got := a.wait(ref(id)); got != 0 {
+		t.Fatalf("exit %d", got)
+	}
+	got := strings.ReplaceAll(string(<-out), "\r", "")
+	if !strings.Contains(got, "40 100\n") || !strings.Contains(got, "got:hi\n") {
+		t.Fatalf("terminal output %q", got)
 	}
 	a.del(ref(id))
 }

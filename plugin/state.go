@@ -109,6 +109,7 @@ func (s *Service) adopt(ctx context.Context, st *persistedContainer) {
 			c.stop = stop
 		}
 	}
+	c.paused = runcStatus(rs.Status, runtimev1.Status_UNKNOWN) == runtimev1.Status_PAUSED
 	if err := init.started(st.Pid, rs.Status != "created"); err != nil {
 		log.G(ctx).WithError(err).Warnf("adopt %s/%s", c.ns, c.id)
 	}
