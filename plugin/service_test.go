@@ -452,13 +452,13 @@ func TestEventsReplay(t *testing.T) {
 		a.startP(ref(id))
 		a.wait(ref(id))
 	}
+	all := a.watchEvents(0)
+	e1, _ := all.next(t, 10*time.Second)
+	e2, _ := all.next(t, 10*time.Second)
 	h, err := a.client.Hello(context.Background(), &runtimev1.HelloRequest{ProtocolVersion: ProtocolVersion})
 	if err != nil {
 		t.Fatal(err)
 	}
-	all := a.watchEvents(0)
-	e1, _ := all.next(t, 10*time.Second)
-	e2, _ := all.next(t, 10*time.Second)
 	if e2.Seq <= e1.Seq {
 		t.Fatalf("sequence not increasing: %d then %d", e1.Seq, e2.Seq)
 	}
