@@ -54,6 +54,33 @@ func TestExitCodesAcrossTheLink(t *testing.T) {
 	}
 }
 
+// TestConcurrentExecsAcrossTheLink runs 100 rexec clients at once on the
+// DPU side; each must get its own exit code and output back.
+func TestConcurrentExecsAcrossTheLink(t *testing.T) {
+	ctx := testContext(t, 3*time.Minute)
+	script := fmt.Sprintf(`d=$(mktemp -d); cd "$d"; trap 'rm -rf "$d"' EXIT
+for i in $(seq 1 100); do
+	( %s -n -- /bin/sh -c "echo out-$i; exit $((i %% 50))" >"o$i"; echo $? >"c$i" ) &
+done
+wait
+for i in $(seq 1 100); do echo "$i $(cat "c$i") $(cat "o$i")"; done`, strings.Join(client(), " "))
+	r, err := testbed.DPU(ctx, "/bin/sh", "-c", script)
+	if err != nil || r.ExitCode != 0 {
+		t.Fatal(r, err)
+	}
+	lines := strings.Split(strings.TrimSpace(r.Stdout), "\n")
+	if len(lines) != 100 {
+		t.Fatalf("%d result lines:\n%s", len(lines), r.Stdout)
+	}
+	for _, l := range lines {
+		var i, code int
+		var out string
+		if _, err := fmt.Sscan(l, &i, &code, &out); err != nil || code != i%50 || out != fmt.Sprintf("out-%d", i) {
+			t.Errorf("exec %q: want exit %d and out-%d (%v)", l, i%50, i, err)
+		}
+	}
+}
+
 // TestGiBThroughStdinStdout sends 1 GiB of pseudo-random bytes through a
 // DPU-side rexec into cat on the host and back, and compares checksums. The
 // same bytes through a DPU-side local cat are the baseline.
