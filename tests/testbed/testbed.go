@@ -105,14 +105,26 @@ func (r Result) Err() error {
 }
 
 // DPUCommand returns a command that runs args on the DPU side. Use it for
-// stdin, streaming or background processes; DPU is simpler otherwise.
+// stdin, streaming or background processes; DPU is simpler otherwise. The
+// command runs in its own process group, and cancelling ctx kills the whole
+// group: nsenter's child on the DPU side with it.
 func DPUCommand(ctx context.Context, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, Script(), append([]string{"dpu", "--"}, args...)...)
+	return sideCommand(ctx, "dpu", args)
 }
 
-// HostCommand returns a command that runs args on the host side.
+// HostCommand returns a command that runs args on the host side, like
+// DPUCommand.
 func HostCommand(ctx context.Context, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, Script(), append([]string{"host", "--"}, args...)...)
+	return sideCommand(ctx, "host", args)
+}
+
+func sideCommand(ctx context.Context, side string, args []string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, Script(), append([]string{side, "--"}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	return cmd
 }
 
 // DPU runs args on the DPU side and returns its output and exit code. The

@@ -247,3 +247,24 @@ func TestDPUNetwork(t *testing.T) {
 		t.Errorf("host side addresses:\n%s", hostAddr)
 	}
 }
+
+// Cancelling a DPU command's context kills the process on the DPU side too,
+// not just the local nsenter.
+func TestDPUCommandCancelKillsDPUProcess(t *testing.T) {
+	// Both the shell and its sleep child carry a marker in their arguments.
+	marker := fmt.Sprintf("300.%d", time.Now().UnixNano()%1000000000)
+	c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r, err := testbed.DPU(c, "sh", "-c", "sleep "+marker+"; : "+marker)
+	if err == nil {
+		t.Fatalf("DPU command outlived its context: %+v", r)
+	}
+	var left string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		left = testbed.MustDPU(t, "sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '")
+		if !strings.Contains(left, marker) {
+			return
+		}
+	}
+	t.Errorf("DPU process %s still runs after its context ended", marker)
+}
