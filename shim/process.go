@@ -24,7 +24,8 @@ type process struct {
 	// the init replaces it until TaskStart is queued, so an exit that races
 	// the Start reply is published after TaskStart.
 	gate    chan struct{}
-	started bool // Start succeeded (or, for init, Create did)
+	started bool // Create (init) or Start (exec) succeeded: its exit is published
+	running bool // Start succeeded: Delete waits for the exit
 	pid     uint32
 
 	exitClaimed bool // the TaskExit is being (or has been) queued
@@ -55,13 +56,17 @@ func (p *process) id() string {
 	return p.execID
 }
 
-// openGate closes the current gate.
-func (p *process) openGate(started bool, pid uint32) {
+// openGate closes the current gate. started says the process exists on the
+// host with pid; running that it was started.
+func (p *process) openGate(started, running bool, pid uint32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if started {
 		p.started = true
 		p.pid = pid
+	}
+	if running {
+		p.running = true
 	}
 	select {
 	case <-p.gate:

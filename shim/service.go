@@ -227,7 +227,9 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		}
 	}
 
-	rl, err := openRelay(ctx, s.namespace, r.ID, target)
+	octx, ocancel := s.rpcCtx(ctx, link)
+	rl, err := openRelay(octx, s.namespace, r.ID, target)
+	ocancel()
 	if err != nil {
 		return nil, err
 	}
@@ -269,7 +271,7 @@ func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Pid:         cresp.Pid,
 	})
 	// A created init can exit (kill before start): its exit may follow now.
-	c.init.openGate(true, cresp.Pid)
+	c.init.openGate(true, false, cresp.Pid)
 	return &taskAPI.CreateTaskResponse{Pid: cresp.Pid}, nil
 }
 
@@ -323,7 +325,7 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err != nil {
 		// The init stays created (its exit may still come); an exec
 		// that failed to start never exits.
-		p.openGate(r.ExecID == "", p.getPid())
+		p.openGate(r.ExecID == "", false, p.getPid())
 		return nil, fmt.Errorf("agent start: %w", fromAgent(err))
 	}
 	if r.ExecID == "" {
@@ -331,7 +333,7 @@ func (s *service) start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	} else {
 		s.send(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: r.ExecID, Pid: resp.Pid})
 	}
-	p.openGate(true, resp.Pid)
+	p.openGate(true, true, resp.Pid)
 	return &taskAPI.StartResponse{Pid: resp.Pid}, nil
 }
 
@@ -353,9 +355,9 @@ func (s *service) delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	// TaskDelete must follow the TaskExit: give the event stream (and the
 	// stdio drain behind it) time to deliver an exit the agent already has.
 	p.mu.Lock()
-	started := p.started
+	running := p.running
 	p.mu.Unlock()
-	if started && !p.hasExited() {
+	if running && !p.hasExited() {
 		wctx, wcancel := context.WithTimeout(ctx, link.cfg.Timeouts.StdioDrain.D()+5*time.Second)
 		select {
 		case <-p.exited:
@@ -370,7 +372,7 @@ func (s *service) delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, fmt.Errorf("agent delete: %w", fromAgent(err))
 	}
 	exitedAt := protobuf.FromTimestamp(dresp.ExitedAt)
-	if started && p.claimExit() {
+	if running && p.claimExit() {
 		// The stream never brought the exit: publish it from the
 		// agent's record so containerd still sees Exit before Delete.
 		s.send(&eventstypes.TaskExit{ContainerID: c.id, ID: p.id(), Pid: dresp.Pid,
@@ -431,7 +433,9 @@ func (s *service) exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (retE
 			c.mu.Unlock()
 		}
 	}()
-	rl, err := openRelay(ctx, s.namespace, c.id, target)
+	octx, ocancel := s.rpcCtx(ctx, link)
+	rl, err := openRelay(octx, s.namespace, c.id, target)
+	ocancel()
 	if err != nil {
 		return err
 	}
