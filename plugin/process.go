@@ -115,10 +115,12 @@ func (p *process) signal(sig unix.Signal) error {
 	return nil
 }
 
-// wait blocks until the process has exited or ctx ends.
+// wait blocks until the process's TaskExit has been published (so after
+// its attached output reached EOF, and for an init after its execs' exits),
+// or ctx ends. Wait and the event stream never disagree.
 func (p *process) wait(ctx context.Context) (exitInfo, error) {
 	select {
-	case <-p.exited:
+	case <-p.publishedDone:
 	case <-ctx.Done():
 		return exitInfo{}, ctx.Err()
 	}
