@@ -86,14 +86,23 @@ func (c *container) runcError(err error) error {
 
 // create mounts the rootfs, writes the bundle and runs `runc create`.
 func (c *container) create(ctx context.Context, req *runtimev1.CreateRequest) (retErr error) {
-	pm, err := c.s.policy.prepareRootfs(req.Rootfs)
+	mounts := req.Rootfs
+	if len(mounts) == 0 {
+		// `ctr run --rootfs DIR`: no mounts, the spec's root is a host
+		// directory; bind it (the same checks apply).
+		var root struct {
+			Root *specs.Root `json:"root"`
+		}
+		if err := json.Unmarshal(req.Spec, &root); err != nil || root.Root == nil || !filepath.IsAbs(root.Root.Path) {
+			return fmt.Errorf("no rootfs mounts and no absolute root.path: %w", errdefs.ErrInvalidArgument)
+		}
+		mounts = []*runtimev1.Mount{{Type: "bind", Source: root.Root.Path, Options: []string{"rbind"}}}
+	}
+	pm, err := c.s.policy.prepareRootfs(mounts)
 	if err != nil {
 		return err
 	}
 	defer pm.release()
-	if len(req.Rootfs) == 0 {
-		return fmt.Errorf("no rootfs mounts: the rootfs must come from an allowed host path: %w", errdefs.ErrInvalidArgument)
-	}
 	spec, err := c.s.prepareSpec(ctx, req.Spec, c.rootfs)
 	if err != nil {
 		return err

@@ -393,7 +393,7 @@ func TestRootfsPolicy(t *testing.T) {
 		{"upper outside", []*runtimev1.Mount{{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=" + a.base, "upperdir=" + outside, "workdir=" + a.dir}}}, errdefs.IsPermissionDenied},
 		{"loop option", []*runtimev1.Mount{{Type: "bind", Source: a.base, Options: []string{"rbind", "loop"}}}, errdefs.IsInvalidArgument},
 		{"ext4 device", []*runtimev1.Mount{{Type: "ext4", Source: "/dev/vda"}}, errdefs.IsInvalidArgument},
-		{"no rootfs", nil, errdefs.IsInvalidArgument},
+		{"no rootfs, relative root", nil, errdefs.IsInvalidArgument},
 	}
 	for _, tc := range cases {
 		_, err := a.client.Create(context.Background(), &runtimev1.CreateRequest{Namespace: testNS, ContainerId: "policy",
@@ -404,6 +404,20 @@ func TestRootfsPolicy(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(a.cfg.BundleDir, testNS)); len(ents) != 0 {
 		t.Errorf("refused creates left bundles: %v", ents)
+	}
+	// No mounts: an absolute root.path is bind-mounted, if allowed.
+	rs := testSpec("rootpath", "true")
+	rs.Root.Path = outside
+	if _, err := a.client.Create(context.Background(), &runtimev1.CreateRequest{Namespace: testNS, ContainerId: "rootpath",
+		Spec: specJSON(t, rs)}); !errdefs.IsPermissionDenied(errgrpc.ToNative(err)) {
+		t.Errorf("root.path outside the prefixes: %v", err)
+	}
+	rs.Root.Path = a.base
+	if _, err := a.client.Create(context.Background(), &runtimev1.CreateRequest{Namespace: testNS, ContainerId: "rootpath",
+		Spec: specJSON(t, rs)}); err != nil {
+		t.Errorf("root.path under an allowed prefix: %v", err)
+	} else {
+		a.del(ref("rootpath"))
 	}
 	// A hook would run a host binary as root.
 	hs := testSpec("hook", "true")
