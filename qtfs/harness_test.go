@@ -55,7 +55,7 @@ func newTestbed(t *testing.T, o tbOpts) *testbed {
 	}
 	m, err := client.NewMount(context.Background(), client.MountOptions{
 		SessionOptions: client.SessionOptions{Dial: tb.dial, Export: "test", Timeout: o.timeout},
-		Mountpoint:     tb.mnt, Cache: o.cache, ControlDir: filepath.Join(dir, "ctl"),
+		Mountpoint:     tb.mnt, Cache: o.cache, ControlDir: filepath.Join(dir, "ctl"), AllowOther: true,
 	})
 	if err != nil {
 		t.Fatal(err)

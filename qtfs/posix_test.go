@@ -14,6 +14,13 @@ func TestPosix(t *testing.T) {
 	tb := newTestbed(t, tbOpts{})
 	for name, fn := range posixtest.All {
 		t.Run(name, func(t *testing.T) {
+			if name == "FcntlFlockLocksFile" {
+				// Expects two fds of one process to conflict, which is
+				// go-fuse loopback's per-fd behaviour; POSIX locks belong to
+				// the process, and qtfs keeps local semantics (covered by
+				// TestOperations/Locks).
+				t.Skip("asserts non-POSIX per-descriptor lock conflicts")
+			}
 			dir := filepath.Join(tb.mnt, name)
 			if err := os.Mkdir(dir, 0o755); err != nil {
 				t.Fatal(err)

@@ -46,10 +46,9 @@ type cfile struct {
 	flags uint32
 	dir   bool
 
-	mu     sync.Mutex
-	srv    uint64
-	epoch  uint64
-	owners map[uint64]bool // lock owners that took locks (flush releases them)
+	mu    sync.Mutex
+	srv   uint64
+	epoch uint64
 }
 
 var (
@@ -686,11 +685,9 @@ func (fs *qfs) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	if !code.Ok() {
 		return code
 	}
-	f.mu.Lock()
-	had := f.owners[in.LockOwner]
-	delete(f.owners, in.LockOwner)
-	f.mu.Unlock()
-	if !had {
+	// close() drops the POSIX locks its process holds on the file, through
+	// whichever descriptor they were taken.
+	if !f.node.takeLockOwner(in.LockOwner) {
 		return fuse.OK
 	}
 	req := &qtfsv1.Request{Op: qtfsv1.OpFlush, Owner: in.LockOwner}
@@ -782,13 +779,8 @@ func (fs *qfs) lock(op qtfsv1.Op, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
 	}
 	req := &qtfsv1.Request{Op: op, Owner: in.Owner, Flags: in.LkFlags,
 		Lock: qtfsv1.Lock{Start: in.Lk.Start, End: in.Lk.End, Type: in.Lk.Typ, Pid: in.Lk.Pid}}
-	if op != qtfsv1.OpGetLk {
-		f.mu.Lock()
-		if f.owners == nil {
-			f.owners = map[uint64]bool{}
-		}
-		f.owners[in.Owner] = true
-		f.mu.Unlock()
+	if op != qtfsv1.OpGetLk && in.LkFlags&fuse.FUSE_LK_FLOCK == 0 {
+		f.node.addLockOwner(in.Owner)
 	}
 	rep, fr, err := fs.s.call(nil, classControl, req, fs.withFh(req, f), op == qtfsv1.OpSetLkw)
 	if err != nil {

@@ -21,6 +21,26 @@ type cnode struct {
 	srv     uint64 // server node handle, valid in epoch
 	epoch   uint64
 	srvRefs uint64 // server references taken in epoch
+
+	lmu        sync.Mutex
+	lockOwners map[uint64]bool // owners holding POSIX locks (flush must release them)
+}
+
+func (n *cnode) addLockOwner(o uint64) {
+	n.lmu.Lock()
+	defer n.lmu.Unlock()
+	if n.lockOwners == nil {
+		n.lockOwners = map[uint64]bool{}
+	}
+	n.lockOwners[o] = true
+}
+
+func (n *cnode) takeLockOwner(o uint64) bool {
+	n.lmu.Lock()
+	defer n.lmu.Unlock()
+	had := n.lockOwners[o]
+	delete(n.lockOwners, o)
+	return had
 }
 
 type childKey struct {

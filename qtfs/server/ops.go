@@ -133,7 +133,9 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 		if err != nil {
 			return nil, err
 		}
-		f.dropOwner(req.Owner)
+		if f.node != nil {
+			f.node.dropLocks(req.Owner, 0)
+		}
 		return nil, nil
 	case qtfsv1.OpFsync:
 		var fd int
@@ -704,32 +706,23 @@ func (ss *session) access(req *qtfsv1.Request) error {
 	return nil
 }
 
-func (f *openFile) dropOwner(owner uint64) {
-	f.lmu.Lock()
-	defer f.lmu.Unlock()
-	if fd, ok := f.locks[owner]; ok {
-		delete(f.locks, owner)
-		unix.Close(fd)
+// ownerLockFd returns the open file description that carries owner's locks
+// on f's node, creating it with f's access mode.
+func (ss *session) ownerLockFd(f *openFile, owner uint64) (int, error) {
+	n := f.node
+	n.lmu.Lock()
+	defer n.lmu.Unlock()
+	if l, ok := n.locks[owner]; ok {
+		return l.fd, nil
 	}
-}
-
-// lockFd returns the open file description that carries owner's locks: each
-// lock owner gets its own description so OFD locks behave like the owner's
-// POSIX locks (or flock locks) would on a local file.
-func (ss *session) lockFd(f *openFile, owner uint64) (int, error) {
-	f.lmu.Lock()
-	defer f.lmu.Unlock()
-	if fd, ok := f.locks[owner]; ok {
-		return fd, nil
-	}
-	fd, err := ss.reopen(f.node, f.flags&unix.O_ACCMODE)
+	fd, err := ss.reopen(n, f.flags&unix.O_ACCMODE)
 	if err != nil {
 		return -1, err
 	}
-	if f.locks == nil {
-		f.locks = map[uint64]int{}
+	if n.locks == nil {
+		n.locks = map[uint64]*lockFd{}
 	}
-	f.locks[owner] = fd
+	n.locks[owner] = &lockFd{fd: fd, fh: f.fh}
 	return fd, nil
 }
 
@@ -738,7 +731,7 @@ func (ss *session) lock(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 	if err != nil {
 		return err
 	}
-	fd, err := ss.lockFd(f, req.Owner)
+	fd, err := ss.ownerLockFd(f, req.Owner)
 	if err != nil {
 		return err
 	}

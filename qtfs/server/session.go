@@ -23,17 +23,39 @@ type node struct {
 	handle unix.FileHandle
 	refs   uint64 // lookups the client holds
 	wd     int    // inotify watch of a directory, or -1
+
+	lmu   sync.Mutex
+	locks map[uint64]*lockFd // lock owner → its own open file description
+}
+
+// lockFd carries one owner's locks on a node as OFD locks, so POSIX locks of
+// different DPU processes (and flock locks of different opens) conflict as
+// they would locally. fh is the open it was created through.
+type lockFd struct {
+	fd int
+	fh uint64
+}
+
+// dropLocks closes lock descriptions of owner (POSIX close semantics), or of
+// every owner created through fh when owner is 0 (release).
+func (n *node) dropLocks(owner, fh uint64) {
+	n.lmu.Lock()
+	defer n.lmu.Unlock()
+	for o, l := range n.locks {
+		if (owner != 0 && o == owner) || (owner == 0 && l.fh == fh) {
+			unix.Close(l.fd)
+			delete(n.locks, o)
+		}
+	}
 }
 
 func (n *node) isDir() bool { return n.mode == unix.S_IFDIR }
 
 type openFile struct {
+	fh    uint64
 	fd    int
 	node  *node
 	flags int
-
-	lmu   sync.Mutex
-	locks map[uint64]int // lock owner → fd with its own open file description (OFD locks)
 }
 
 type openDir struct {
@@ -128,9 +150,8 @@ func (ss *session) destroy() {
 		unix.Close(d.fd)
 	}
 	for _, n := range nodes {
-		if n.fd >= 0 {
-			unix.Close(n.fd)
-		}
+		n.dropLocks(0, 0)
+		n.closeFd()
 	}
 }
 
@@ -279,6 +300,7 @@ func (ss *session) addFile(f *openFile) uint64 {
 	defer ss.mu.Unlock()
 	id := ss.nextID
 	ss.nextID++
+	f.fh = id
 	ss.files[id] = f
 	return id
 }
@@ -339,12 +361,9 @@ func (ss *session) anyConn() *conn {
 }
 
 func (f *openFile) closeAll() {
-	f.lmu.Lock()
-	for _, fd := range f.locks {
-		unix.Close(fd)
+	if f.node != nil {
+		f.node.dropLocks(0, f.fh)
 	}
-	f.locks = nil
-	f.lmu.Unlock()
 	unix.Close(f.fd)
 }
 
