@@ -23,7 +23,7 @@ const exitTimedOut = 124
 var clientFlags = []cli.Flag{
 	&cli.StringFlag{Name: "config", Usage: "client config file", EnvVars: []string{"REXEC_CONFIG"}, Value: rexec.DefaultClientConfigPath},
 	&cli.StringFlag{Name: "addr", Usage: "server address (unix:///path, tcp://IP:PORT, vsock://CID:PORT); default $REXEC_ADDR, then the config's addr", EnvVars: []string{"REXEC_ADDR"}},
-	&cli.StringFlag{Name: "tls-dir", Usage: "directory from `offloadctl certs generate` (ca.pem, dpu.pem, dpu-key.pem)", EnvVars: []string{"REXEC_TLS_DIR"}},
+	&cli.StringFlag{Name: "tls-dir", Usage: "directory from offloadctl certs generate (ca.pem, dpu.pem, dpu-key.pem)", EnvVars: []string{"REXEC_TLS_DIR"}},
 	&cli.BoolFlag{Name: "insecure", Usage: "plain TCP without authentication (logged loudly)"},
 	&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "KEY=VALUE for the process's environment, or KEY to pass this process's value (repeatable); nothing else is passed"},
 	&cli.StringFlag{Name: "cwd", Usage: "working directory on the host (default /)"},

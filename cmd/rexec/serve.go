@@ -22,7 +22,7 @@ var serveCommand = &cli.Command{
 		&cli.StringFlag{Name: "listen", Usage: "address to listen on (unix:///path, tcp://IP:PORT, vsock://CID:PORT); overrides the config's listen"},
 		&cli.StringFlag{Name: "config", Usage: "serve config file (listen, tls_dir, [security], [[rexec.allow]])"},
 		&cli.StringSliceFlag{Name: "allow", Usage: "allow this absolute binary with any arguments (repeatable; added to the config's rules)"},
-		&cli.StringFlag{Name: "tls-dir", Usage: "directory from `offloadctl certs generate` (ca.pem, host.pem, host-key.pem)"},
+		&cli.StringFlag{Name: "tls-dir", Usage: "directory from offloadctl certs generate (ca.pem, host.pem, host-key.pem)"},
 		&cli.BoolFlag{Name: "insecure", Usage: "accept plain TCP without authentication (logged loudly)"},
 		&cli.UintSliceFlag{Name: "allowed-cid", Usage: "vsock peer CID allowed to connect (repeatable)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level (debug, info, warn, error)"},
