@@ -173,7 +173,9 @@ func (a *fakeAgent) exit(p *fakeProc, status uint32) {
 }
 
 func (a *fakeAgent) Hello(ctx context.Context, r *runtimev1.HelloRequest) (*runtimev1.HelloResponse, error) {
-	return &runtimev1.HelloResponse{ProtocolVersion: 1, AgentVersion: "fake"}, nil
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return &runtimev1.HelloResponse{ProtocolVersion: 1, AgentVersion: "fake", LastSeq: a.seq}, nil
 }
 
 func (a *fakeAgent) Create(ctx context.Context, r *runtimev1.CreateRequest) (*runtimev1.CreateResponse, error) {

@@ -56,8 +56,12 @@ type service struct {
 	cfg    *Config // from the first Create's runtime options
 	link   *agentLink
 	// lastSeq is the last agent event sequence number handled; a new
-	// subscription after a lost connection resumes after it.
-	lastSeq uint64
+	// subscription after a lost connection resumes after it. The first
+	// subscription starts at the agent's last_seq from Hello, so events of
+	// containers this shim never held (an earlier container with the same
+	// ID) are not replayed.
+	lastSeq    uint64
+	subscribed bool
 
 	mu         sync.Mutex
 	containers map[string]*container
@@ -132,10 +136,17 @@ func (s *service) agent(ctx context.Context, cfg *Config) (*agentLink, error) {
 		return nil, err
 	}
 	// Subscribe before any Create is sent, so no exit can be missed.
-	stream, err := link.api.Events(s.ctx, &runtimev1.EventsRequest{Namespace: s.namespace, AfterSeq: s.lastSeq})
+	after := s.lastSeq
+	if !s.subscribed {
+		after = link.hello.GetLastSeq()
+	}
+	stream, err := link.api.Events(s.ctx, &runtimev1.EventsRequest{Namespace: s.namespace, AfterSeq: after})
 	if err != nil {
 		link.Close()
 		return nil, fmt.Errorf("subscribe to agent events: %w", fromAgent(err))
+	}
+	if !s.subscribed {
+		s.lastSeq, s.subscribed = after, true
 	}
 	s.link = link
 	go s.receiveEvents(link, stream)

@@ -495,3 +495,30 @@ func TestBinaryV2LoggerNotReady(t *testing.T) {
 		t.Errorf("state of failed create: %v", err)
 	}
 }
+
+// TestStaleEventsNotReplayed: events the agent holds from before this shim
+// connected (an earlier container "c6") are not published for the new "c6".
+func TestStaleEventsNotReplayed(t *testing.T) {
+	h := newHarness(t)
+	h.agent.emit(testNS, "/tasks/oom", &eventstypes.TaskOOM{ContainerID: "c6"})
+	h.agent.emit(testNS, "/tasks/exit", &eventstypes.TaskExit{ContainerID: "c6", ID: "c6", Pid: 1, ExitStatus: 9})
+	if _, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c6", Bundle: h.bundle("c6"), Options: h.opts}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c6"}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(h.ctx, 300*time.Millisecond)
+	defer cancel()
+	if wr, err := h.svc.Wait(wctx, &taskAPI.WaitRequest{ID: "c6"}); err == nil {
+		t.Fatalf("stale exit delivered: %v", wr)
+	}
+	h.agent.exit(h.agent.proc(testNS, "c6", ""), 0)
+	if wr, err := h.svc.Wait(h.ctx, &taskAPI.WaitRequest{ID: "c6"}); err != nil || wr.ExitStatus != 0 {
+		t.Fatalf("wait: %v %v", wr, err)
+	}
+	want := []string{"create", "start", "exit:c6"}
+	if got := h.rec.waitFor(t, 3); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("events %v, want %v", got, want)
+	}
+}
