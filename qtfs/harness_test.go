@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dpu-offload/offload/api/transport"
 	"github.com/dpu-offload/offload/qtfs/client"
 	"github.com/dpu-offload/offload/qtfs/server"
 )
@@ -19,8 +20,12 @@ type testbed struct {
 	mnt    string // mountpoint
 	sock   string
 	srv    *server.Server
-	l      net.Listener
+	mux    *transport.Mux
 	m      *client.Mount
+
+	addr    transport.Address
+	hostSec transport.Security
+	dpuSec  transport.Security
 }
 
 type tbOpts struct {
@@ -28,6 +33,7 @@ type tbOpts struct {
 	cache    client.CacheMode
 	timeout  time.Duration
 	exports  []server.Export // extra exports
+	tls      bool            // TCP+mTLS on 127.0.0.1 instead of a unix socket
 }
 
 func needRoot(t *testing.T) {
@@ -48,6 +54,15 @@ func newTestbed(t *testing.T, o tbOpts) *testbed {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	tb.addr = transport.Address{Network: transport.NetworkUnix, Path: tb.sock}
+	if o.tls {
+		certs := filepath.Join(dir, "certs")
+		if err := transport.GenerateCerts(certs, []string{"127.0.0.1"}); err != nil {
+			t.Fatal(err)
+		}
+		tb.addr = transport.Address{Network: transport.NetworkTCP, Host: "127.0.0.1"}
+		tb.hostSec, tb.dpuSec = transport.HostSecurity(certs), transport.DPUSecurity(certs)
 	}
 	tb.startServer(o)
 	if o.cache == "" {
@@ -71,8 +86,7 @@ func newTestbed(t *testing.T, o tbOpts) *testbed {
 }
 
 func (tb *testbed) dial(ctx context.Context) (net.Conn, error) {
-	var d net.Dialer
-	return d.DialContext(ctx, "unix", tb.sock)
+	return transport.Dial(ctx, tb.addr, tb.dpuSec, transport.ChannelQtfs)
 }
 
 func (tb *testbed) startServer(o tbOpts) {
@@ -81,17 +95,20 @@ func (tb *testbed) startServer(o tbOpts) {
 	if err != nil {
 		tb.t.Fatal(err)
 	}
-	os.Remove(tb.sock)
-	l, err := net.Listen("unix", tb.sock)
+	mux, err := transport.Listen(context.Background(), tb.addr, tb.hostSec)
 	if err != nil {
 		tb.t.Fatal(err)
 	}
-	tb.srv, tb.l = srv, l
+	tb.addr = mux.Addr() // keeps the TCP port across restarts
+	l := mux.Channel(transport.ChannelQtfs)
+	go mux.Serve()
 	go srv.Serve(l)
+	tb.srv, tb.mux = srv, mux
 }
 
 func (tb *testbed) stopServer() {
 	if tb.srv != nil {
+		tb.mux.Close()
 		tb.srv.Close()
 		tb.srv = nil
 	}

@@ -1,0 +1,130 @@
+package qtfs_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dpu-offload/offload/api/transport"
+	"github.com/dpu-offload/offload/qtfs/client"
+)
+
+// TestReconnectDuringRead restarts the server while a file is open and being
+// read: the read continues with the right bytes, and other handles work.
+func TestReconnectDuringRead(t *testing.T) {
+	tb := newTestbed(t, tbOpts{cache: client.CacheNone})
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+	must(t, os.MkdirAll(tb.host("a/b"), 0o755))
+	must(t, os.WriteFile(tb.host("a/b/file"), data, 0o644))
+
+	f, err := os.Open(tb.dpu("a/b/file"))
+	must(t, err)
+	defer f.Close()
+	got := make([]byte, 0, len(data))
+	buf := make([]byte, 1<<20)
+	n, err := io.ReadFull(f, buf)
+	must(t, err)
+	got = append(got, buf[:n]...)
+
+	tb.stopServer()
+	restarted := make(chan struct{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		tb.startServer(tbOpts{})
+		close(restarted)
+	}()
+	// This read starts while the server is down and completes after the restart.
+	for {
+		n, err := f.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		must(t, err)
+	}
+	<-restarted
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes across the restart, content differs", len(got))
+	}
+	// Nodes looked up before the restart are resolved again by path.
+	if _, err := os.Stat(tb.dpu("a/b/file")); err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.WriteFile(tb.dpu("a/b/after"), []byte("ok"), 0o644))
+	if b, _ := os.ReadFile(tb.host("a/b/after")); string(b) != "ok" {
+		t.Fatalf("write after reconnect: %q", b)
+	}
+	mi := tb.m.Session().Info()
+	if mi.Reconnects < 1 || !mi.Connected {
+		t.Fatalf("info after restart: %+v", mi)
+	}
+
+	// A file deleted while the server was away is really gone: ESTALE.
+	g, err := os.Open(tb.dpu("a/b/after"))
+	must(t, err)
+	defer g.Close()
+	tb.stopServer()
+	must(t, os.Remove(tb.host("a/b/after")))
+	tb.startServer(tbOpts{})
+	if _, err := g.Read(buf); !errors.Is(err, syscall.ESTALE) {
+		t.Fatalf("read of a file removed during the outage: %v, want ESTALE", err)
+	}
+}
+
+// TestHostUnreachableEIO: with the server gone past the timeout, calls fail
+// with EIO instead of hanging; the mount recovers when the server returns.
+func TestHostUnreachableEIO(t *testing.T) {
+	tb := newTestbed(t, tbOpts{cache: client.CacheNone, timeout: time.Second})
+	must(t, os.WriteFile(tb.host("f"), []byte("x"), 0o644))
+	tb.stopServer()
+	start := time.Now()
+	_, err := os.Stat(tb.dpu("f"))
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("stat with the host away: %v, want EIO", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("took %v", d)
+	}
+	tb.startServer(tbOpts{})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(tb.dpu("f")); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no recovery: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMTLS mounts over TCP with mutual TLS on loopback and checks that a
+// client without a certificate is refused.
+func TestMTLS(t *testing.T) {
+	tb := newTestbed(t, tbOpts{tls: true})
+	must(t, os.WriteFile(tb.dpu("f"), []byte("over tls"), 0o644))
+	if b, _ := os.ReadFile(tb.host("f")); string(b) != "over tls" {
+		t.Fatalf("host has %q", b)
+	}
+	mi, err := client.QueryInfo(filepath.Join(filepath.Dir(tb.mnt), "ctl"), tb.mnt)
+	if err != nil || !mi.Connected || mi.Conns != 3 {
+		t.Fatalf("info: %+v %v", mi, err)
+	}
+	// Without a client certificate the handshake never happens.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = client.Connect(ctx, client.SessionOptions{Export: "test", Dial: func(ctx context.Context) (net.Conn, error) {
+		return transport.Dial(ctx, tb.addr, transport.Security{Insecure: true}, transport.ChannelQtfs)
+	}})
+	if err == nil {
+		t.Fatal("plain TCP client was served by an mTLS server")
+	}
+}
