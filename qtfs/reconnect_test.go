@@ -3,10 +3,10 @@ package qtfs_test
 import (
 	"bytes"
 	"context"
-	"net"
 	"crypto/rand"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
