@@ -33,6 +33,7 @@ var mountCommand = &cli.Command{
 		&cli.StringFlag{Name: "cache", Value: "auto", Usage: "auto (1s entry/attr TTL + host-pushed invalidation), strict (no TTL), none (no caching, direct I/O)"},
 		&cli.DurationFlag{Name: "ttl", Value: time.Second, Usage: "entry/attribute cache timeout for --cache=auto"},
 		&cli.DurationFlag{Name: "timeout", Value: 30 * time.Second, Usage: "fail calls with EIO when the host is unreachable this long"},
+		&cli.IntFlag{Name: "readahead-kb", Value: 4096, Usage: "kernel readahead window of the mount (-1: kernel default)"},
 		&cli.IntFlag{Name: "data-conns", Value: 2, Usage: "connections for read/write data besides the control connection"},
 		&cli.BoolFlag{Name: "allow-other", Usage: "let other users access the mount"},
 		&cli.BoolFlag{Name: "daemon", Usage: "detach once mounted"},
@@ -70,12 +71,13 @@ func runMount(c *cli.Context) error {
 			DataConns: c.Int("data-conns"),
 			Timeout:   c.Duration("timeout"),
 		},
-		Mountpoint: c.Args().Get(2),
-		Cache:      client.CacheMode(c.String("cache")),
-		TTL:        c.Duration("ttl"),
-		AllowOther: c.Bool("allow-other"),
-		Debug:      c.Bool("debug"),
-		ControlDir: c.String("control-dir"),
+		Mountpoint:  c.Args().Get(2),
+		Cache:       client.CacheMode(c.String("cache")),
+		TTL:         c.Duration("ttl"),
+		AllowOther:  c.Bool("allow-other"),
+		ReadAheadKB: c.Int("readahead-kb"),
+		Debug:       c.Bool("debug"),
+		ControlDir:  c.String("control-dir"),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout+10*time.Second)
 	m, err := client.NewMount(ctx, opts)

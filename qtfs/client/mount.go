@@ -12,11 +12,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/containerd/log"
 	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // MountOptions configure a mount.
@@ -27,6 +29,10 @@ type MountOptions struct {
 	TTL        time.Duration // entry/attribute timeout for CacheAuto (default 1s)
 	AllowOther bool
 	Debug      bool
+	// ReadAheadKB is the kernel readahead window for the mount (default
+	// 4096): FUSE starts at 128 KiB, too small to keep several requests in
+	// flight. Negative leaves the kernel default.
+	ReadAheadKB int
 	// ControlDir holds the per-mount control socket used by `qtfs info`
 	// (default /run/qtfs); empty string from the caller means the default.
 	ControlDir string
@@ -70,6 +76,9 @@ func NewMount(ctx context.Context, opts MountOptions) (*Mount, error) {
 	if opts.TTL <= 0 {
 		opts.TTL = time.Second
 	}
+	if opts.ReadAheadKB == 0 {
+		opts.ReadAheadKB = 4096
+	}
 	mp, err := filepath.Abs(opts.Mountpoint)
 	if err != nil {
 		return nil, err
@@ -109,6 +118,9 @@ func NewMount(ctx context.Context, opts MountOptions) (*Mount, error) {
 		srv.Unmount()
 		sess.Close()
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
+	}
+	if opts.ReadAheadKB >= 0 {
+		setReadAhead(mp, opts.ReadAheadKB)
 	}
 	if err := m.listenControl(); err != nil {
 		log.L.WithError(err).Warn("qtfs: no control socket; qtfs info will not work for this mount")
@@ -201,4 +213,17 @@ func QueryInfo(controlDir, mountpoint string) (*MountInfo, error) {
 		return nil, errors.New("empty mount info")
 	}
 	return &mi, nil
+}
+
+// setReadAhead raises the readahead of the mount's backing device (best
+// effort: sysfs may be read-only in a container).
+func setReadAhead(mountpoint string, kb int) {
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		return
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if err := os.WriteFile(p, []byte(strconv.Itoa(kb)), 0o644); err != nil {
+		log.L.WithError(err).Debug("qtfs: cannot set readahead")
+	}
 }

@@ -114,6 +114,7 @@ func (s *Session) connect(ctx context.Context) error {
 		if err != nil {
 			return fail(fmt.Errorf("dial qtfs server: %w", err))
 		}
+		setBuffers(nc)
 		c := newWireConn(nc, s.onNotify)
 		conns = append(conns, c)
 		r, err := c.hello(qtfsv1.Hello{Magic: qtfsv1.Magic, Version: qtfsv1.Version, Features: qtfsv1.FeatAll,

@@ -31,6 +31,7 @@ var bigBufs = sync.Pool{New: func() any { b := make([]byte, qtfsv1.MaxPayload); 
 func (c *conn) serve() {
 	defer c.srv.detach(c)
 	defer c.nc.Close()
+	setBuffers(c.nc)
 	l := log.L.WithField("remote", c.nc.RemoteAddr().String())
 	hdr := make([]byte, qtfsv1.HeaderSize)
 
@@ -222,4 +223,21 @@ func (c *conn) notify(req *qtfsv1.Request) error {
 	c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	defer c.nc.SetWriteDeadline(time.Time{})
 	return qtfsv1.WriteFrame(c.nc, qtfsv1.Header{Op: req.Op, Flags: qtfsv1.FlagNotify}, body, nil)
+}
+
+const socketBuffer = 4 << 20
+
+// setBuffers enlarges the socket buffers (see the client's setBuffers).
+func setBuffers(nc net.Conn) {
+	type buffered interface {
+		SetReadBuffer(int) error
+		SetWriteBuffer(int) error
+	}
+	if t, ok := nc.(interface{ NetConn() net.Conn }); ok {
+		nc = t.NetConn()
+	}
+	if b, ok := nc.(buffered); ok {
+		b.SetReadBuffer(socketBuffer)
+		b.SetWriteBuffer(socketBuffer)
+	}
 }
