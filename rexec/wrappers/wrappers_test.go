@@ -211,3 +211,14 @@ func TestInstall(t *testing.T) {
 		t.Error("plugin name with a slash accepted")
 	}
 }
+
+func TestModprobeRunsOnHost(t *testing.T) {
+	rec := &recorder{code: 0}
+	r := &Runner{Config: rexec.WrapperConfig{HostModprobe: "/usr/sbin/modprobe"}, Run: rec.run}
+	if code := r.Modprobe(context.Background(), []string{"-q", "overlay"}); code != 0 {
+		t.Fatal(code)
+	}
+	if len(rec.cmds) != 1 || rec.cmds[0].Path != "/usr/sbin/modprobe" || !slices.Equal(rec.cmds[0].Args, []string{"-q", "overlay"}) {
+		t.Errorf("host runs %+v", rec.cmds)
+	}
+}
