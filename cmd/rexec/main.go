@@ -5,7 +5,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -30,7 +29,7 @@ func main() {
 		HideHelpCommand: true,
 	}
 	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "rexec:", err)
+		report(err)
 		os.Exit(exitRexecError)
 	}
 }

@@ -127,7 +127,7 @@ func runRemote(ctx context.Context, client *rexec.Client, cmd *rexec.Cmd) int {
 			fmt.Fprintln(os.Stderr, re.Message)
 			return re.Code
 		}
-		fmt.Fprintln(os.Stderr, "rexec:", err)
+		report(err)
 		return exitRexecError
 	}
 	type waited struct {
@@ -155,7 +155,7 @@ func runRemote(ctx context.Context, client *rexec.Client, cmd *rexec.Cmd) int {
 			}
 		case w := <-done:
 			if w.err != nil {
-				fmt.Fprintln(os.Stderr, "rexec:", w.err)
+				report(w.err)
 				return exitRexecError
 			}
 			if w.st.TimedOut {
@@ -165,4 +165,13 @@ func runRemote(ctx context.Context, client *rexec.Client, cmd *rexec.Cmd) int {
 			return w.st.Code
 		}
 	}
+}
+
+// report prints err once prefixed with "rexec:" (library errors already are).
+func report(err error) {
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "rexec:") {
+		msg = "rexec: " + msg
+	}
+	fmt.Fprintln(os.Stderr, msg)
 }

@@ -86,12 +86,14 @@ func serveAction(c *cli.Context) error {
 	go func() {
 		s := <-sigs
 		log.G(ctx).Infof("rexec serve: %v, shutting down", s)
-		mux.Close()
+		// The server first, so that Serve sees its own Close rather than
+		// a failing listener.
 		srv.Close()
+		mux.Close()
 	}()
 	log.G(ctx).WithField("address", addr.String()).WithField("rules", len(cfg.Rexec.Allow)).Info("rexec serve: listening")
 	err = srv.Serve(l)
-	mux.Close()
 	srv.Close()
+	mux.Close()
 	return err
 }
