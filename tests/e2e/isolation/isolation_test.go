@@ -268,3 +268,33 @@ func TestDPUCommandCancelKillsDPUProcess(t *testing.T) {
 	}
 	t.Errorf("DPU process %s still runs after its context ended", marker)
 }
+
+// A second up keeps what runs: same DPU side, same containerds, same images.
+func TestUpIsIdempotent(t *testing.T) {
+	before, err := testbed.DPUInitPid()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dpuContainerd := testbed.MustDPU(t, "cat", "/run/offload-dpu/containerd.pid")
+	hostContainerd, err := os.ReadFile(filepath.Join(testbed.RunDir, "pids", "host-containerd.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testbed.Up(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	after, err := testbed.DPUInitPid()
+	if err != nil || after != before {
+		t.Errorf("DPU side pid 1 changed from %d to %d (%v)", before, after, err)
+	}
+	if got := testbed.MustDPU(t, "cat", "/run/offload-dpu/containerd.pid"); got != dpuContainerd {
+		t.Errorf("DPU containerd restarted: pid %q -> %q", dpuContainerd, got)
+	}
+	if got, _ := os.ReadFile(filepath.Join(testbed.RunDir, "pids", "host-containerd.pid")); string(got) != string(hostContainerd) {
+		t.Errorf("host containerd restarted: %q -> %q", hostContainerd, got)
+	}
+	_, up, err := testbed.Status(ctx(t))
+	if err != nil || !up {
+		t.Errorf("status after up: up=%v, %v", up, err)
+	}
+}
