@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -451,6 +452,9 @@ func TestKillOnLinkSilence(t *testing.T) {
 func TestConcurrentExecs(t *testing.T) {
 	_, c := testServer(t, allowAll("/bin/echo"))
 	ctx := testContext(t)
+	// No GC during the test: finalizers would close leaked files.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	fdsBefore := openFDs(t)
 	const n = 100
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -470,6 +474,23 @@ func TestConcurrentExecs(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+	// Client and server share this process: every pipe, pty and
+	// connection of the 100 execs must be closed again.
+	deadline := time.Now().Add(5 * time.Second)
+	for openFDs(t) > fdsBefore+2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d file descriptors open after the execs, %d before", openFDs(t), fdsBefore)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
 
 func TestTimeout(t *testing.T) {
