@@ -524,3 +524,35 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestBackPressure checks that a client that stops reading stalls the host
+// process instead of making anything buffer its output, and that nothing is
+// lost once it reads again.
+func TestBackPressure(t *testing.T) {
+	_, c := testServer(t, allowAll("/bin/sh"))
+	const size = 64 << 20
+	pr, pw := io.Pipe() // a reader that is not reading yet
+	errOut := newLineWriter()
+	e, err := c.Start(testContext(t), &Cmd{Path: "/bin/sh", Args: []string{"-c", fmt.Sprintf("head -c %d /dev/zero; echo done >&2", size)},
+		Stdout: pw, Stderr: errOut})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case l := <-errOut.lines:
+		t.Fatalf("process finished (%q) while nobody read its output: it was buffered somewhere", l)
+	case <-time.After(time.Second):
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(pr, size))
+	if err != nil || n != size {
+		t.Fatalf("read %d bytes: %v", n, err)
+	}
+	if l := errOut.next(t); l != "done" {
+		t.Errorf("stderr %q", l)
+	}
+	go io.Copy(io.Discard, pr)
+	if st, err := e.Wait(); err != nil || st.Code != 0 {
+		t.Errorf("%+v %v", st, err)
+	}
+	pw.Close()
+}
