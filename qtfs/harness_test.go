@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ type testbed struct {
 	mux    *transport.Mux
 	m      *client.Mount
 
+	amu     sync.Mutex
 	addr    transport.Address
 	hostSec transport.Security
 	dpuSec  transport.Security
@@ -34,6 +36,11 @@ type tbOpts struct {
 	timeout  time.Duration
 	exports  []server.Export // extra exports
 	tls      bool            // TCP+mTLS on 127.0.0.1 instead of a unix socket
+	ttl      time.Duration
+}
+
+func newTestbedTTL(t *testing.T, ttl time.Duration) *testbed {
+	return newTestbed(t, tbOpts{ttl: ttl})
 }
 
 func needRoot(t *testing.T) {
@@ -70,7 +77,7 @@ func newTestbed(t *testing.T, o tbOpts) *testbed {
 	}
 	m, err := client.NewMount(context.Background(), client.MountOptions{
 		SessionOptions: client.SessionOptions{Dial: tb.dial, Export: "test", Timeout: o.timeout},
-		Mountpoint:     tb.mnt, Cache: o.cache, ControlDir: filepath.Join(dir, "ctl"), AllowOther: true,
+		Mountpoint:     tb.mnt, Cache: o.cache, ControlDir: filepath.Join(dir, "ctl"), AllowOther: true, TTL: o.ttl,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +93,10 @@ func newTestbed(t *testing.T, o tbOpts) *testbed {
 }
 
 func (tb *testbed) dial(ctx context.Context) (net.Conn, error) {
-	return transport.Dial(ctx, tb.addr, tb.dpuSec, transport.ChannelQtfs)
+	tb.amu.Lock()
+	addr := tb.addr
+	tb.amu.Unlock()
+	return transport.Dial(ctx, addr, tb.dpuSec, transport.ChannelQtfs)
 }
 
 func (tb *testbed) startServer(o tbOpts) {
@@ -95,6 +105,8 @@ func (tb *testbed) startServer(o tbOpts) {
 	if err != nil {
 		tb.t.Fatal(err)
 	}
+	tb.amu.Lock()
+	defer tb.amu.Unlock()
 	mux, err := transport.Listen(context.Background(), tb.addr, tb.hostSec)
 	if err != nil {
 		tb.t.Fatal(err)

@@ -416,3 +416,36 @@ func TestOverlayOnQtfs(t *testing.T) {
 		t.Fatalf("whiteout not honoured: %v", err)
 	}
 }
+
+// TestHostPushInvalidation: with a long TTL, host changes still show up on
+// the DPU quickly because the server pushes invalidations.
+func TestHostPushInvalidation(t *testing.T) {
+	tb := newTestbedTTL(t, 30*time.Second)
+	must(t, os.WriteFile(tb.host("f"), []byte("v1"), 0o644))
+	must(t, os.WriteFile(tb.host("gone"), []byte("x"), 0o644))
+	if b, _ := os.ReadFile(tb.dpu("f")); string(b) != "v1" {
+		t.Fatalf("%q", b)
+	}
+	os.Stat(tb.dpu("new"))
+	os.Stat(tb.dpu("gone"))
+	fi, _ := os.Stat(tb.dpu("f"))
+	_ = fi
+	must(t, os.WriteFile(tb.host("f"), []byte("version2"), 0o644))
+	must(t, os.WriteFile(tb.host("new"), nil, 0o644))
+	must(t, os.Remove(tb.host("gone")))
+	must(t, os.Chmod(tb.host("f"), 0o600))
+	deadline := time.Now().Add(time.Second)
+	for {
+		b, _ := os.ReadFile(tb.dpu("f"))
+		_, errNew := os.Stat(tb.dpu("new"))
+		_, errGone := os.Stat(tb.dpu("gone"))
+		fi, _ := os.Stat(tb.dpu("f"))
+		if string(b) == "version2" && errNew == nil && os.IsNotExist(errGone) && fi != nil && fi.Mode().Perm() == 0o600 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not invalidated with a 30s TTL: %q new=%v gone=%v mode=%v", b, errNew, errGone, fi.Mode())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -39,6 +39,7 @@ type qfs struct {
 
 	srvMu sync.Mutex
 	srv   *fuse.Server
+	notes chan note
 }
 
 type cfile struct {
@@ -63,6 +64,8 @@ func newFS(s *Session, cache CacheMode, ttl time.Duration) *qfs {
 		fs.ttl = 0
 	}
 	fs.locks = s.Features()&qtfsv1.FeatLocks != 0
+	fs.notes = make(chan note, 4096)
+	go fs.notifyLoop()
 	s.SetNotify(fs.notify)
 	return fs
 }
@@ -878,26 +881,49 @@ func (fs *qfs) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.Statfs
 	return fuse.OK
 }
 
-// notify applies a server-pushed invalidation. It runs on its own goroutine:
-// the kernel may wait for locks held by requests that wait on our reader.
+// notify queues a server-pushed invalidation. The kernel calls that apply it
+// run on their own goroutine: they may wait for inode locks held by requests
+// that wait on the connection reader which delivered the notification.
 func (fs *qfs) notify(req *qtfsv1.Request) {
-	epoch := fs.s.Epoch()
-	go func() {
+	select {
+	case fs.notes <- note{req: req, epoch: fs.s.Epoch()}:
+	default: // queue full: the TTL still bounds staleness
+	}
+}
+
+type note struct {
+	req   *qtfsv1.Request
+	epoch uint64
+}
+
+func (fs *qfs) notifyLoop() {
+	for nt := range fs.notes {
 		fs.srvMu.Lock()
 		srv := fs.srv
 		fs.srvMu.Unlock()
 		if srv == nil {
-			return
+			continue
 		}
-		n := fs.nodes.lookupSrv(req.Node, epoch)
+		n := fs.nodes.lookupSrv(nt.req.Node, nt.epoch)
 		if n == nil {
-			return
+			continue
 		}
-		switch req.Op {
+		switch nt.req.Op {
 		case qtfsv1.OpNotifyInvalEntry:
-			srv.EntryNotify(n.id, req.Name)
+			srv.EntryNotify(n.id, nt.req.Name)
 		case qtfsv1.OpNotifyInvalInode:
-			srv.InodeNotify(n.id, int64(req.Off), int64(req.Len))
+			srv.InodeNotify(n.id, int64(nt.req.Off), int64(nt.req.Len))
 		}
-	}()
+	}
+}
+
+func (fs *qfs) closeNotes() {
+	fs.SetNotifyOff()
+}
+
+// SetNotifyOff stops applying notifications (the mount is gone).
+func (fs *qfs) SetNotifyOff() {
+	fs.srvMu.Lock()
+	fs.srv = nil
+	fs.srvMu.Unlock()
 }

@@ -45,6 +45,7 @@ const DefaultControlDir = "/run/qtfs"
 type Mount struct {
 	opts    MountOptions
 	sess    *Session
+	fs      *qfs
 	srv     *fuse.Server
 	ctl     net.Listener
 	ctlPath string
@@ -112,7 +113,7 @@ func NewMount(ctx context.Context, opts MountOptions) (*Mount, error) {
 		sess.Close()
 		return nil, fmt.Errorf("mount %s: %w", mp, err)
 	}
-	m := &Mount{opts: opts, sess: sess, srv: srv}
+	m := &Mount{opts: opts, sess: sess, srv: srv, fs: fs}
 	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
 		srv.Unmount()
@@ -141,6 +142,7 @@ func (m *Mount) cleanup() {
 		m.ctl = nil
 	}
 	m.sess.Close()
+	m.fs.closeNotes()
 }
 
 // Unmount unmounts and closes the session.

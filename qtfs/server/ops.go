@@ -100,6 +100,7 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 		if err := validName(req.Name); err != nil {
 			return nil, err
 		}
+		ss.watch.Load().markEntry(p.id, req.Name)
 		flags := 0
 		if req.Op == qtfsv1.OpRmdir {
 			flags = unix.AT_REMOVEDIR
@@ -120,11 +121,15 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 		if err != nil {
 			return nil, err
 		}
+		ss.watch.Load().markIno(f.node.key)
 		n, err := unix.Pwrite(f.fd, req.Data, int64(req.Off))
 		rep.N = uint64(n)
 		return nil, err
 	case qtfsv1.OpRelease:
 		if f := ss.takeFile(req.Fh); f != nil {
+			if f.flags&unix.O_ACCMODE != unix.O_RDONLY {
+				ss.watch.Load().markIno(f.node.key)
+			}
 			f.closeAll()
 		}
 		return nil, nil
@@ -179,6 +184,7 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 		if err != nil {
 			return nil, err
 		}
+		ss.watch.Load().markIno(f.node.key)
 		return nil, unix.Fallocate(f.fd, req.Mode, int64(req.Off), int64(req.Len))
 	case qtfsv1.OpLseek:
 		f, err := ss.file(req.Fh)
@@ -197,6 +203,7 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 		if err != nil {
 			return nil, err
 		}
+		ss.watch.Load().markIno(out.node.key)
 		offIn, offOut := int64(req.Off), int64(req.Off2)
 		length := req.Len
 		if length > 1<<30 {
@@ -270,6 +277,7 @@ func (ss *session) setattr(req *qtfsv1.Request, out *qtfsv1.Attr) error {
 		return err
 	}
 	defer done()
+	ss.watch.Load().markIno(n.key)
 	if req.Valid&(fattrUID|fattrGID) != 0 {
 		uid, gid := -1, -1
 		if req.Valid&fattrUID != 0 {
@@ -385,6 +393,7 @@ func (ss *session) makeNode(req *qtfsv1.Request, out *qtfsv1.Entry) error {
 	if err := validName(req.Name); err != nil {
 		return err
 	}
+	ss.watch.Load().markEntry(p.id, req.Name)
 	var typ uint32
 	switch req.Op {
 	case qtfsv1.OpSymlink:
@@ -468,6 +477,9 @@ func (ss *session) rename(req *qtfsv1.Request) error {
 	if req.Flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE|unix.RENAME_WHITEOUT) != 0 {
 		return syscall.EINVAL
 	}
+	w := ss.watch.Load()
+	w.markEntry(op.id, req.Name)
+	w.markEntry(np.id, req.Name2)
 	return unix.Renameat2(op.fd, req.Name, np.fd, req.Name2, uint(req.Flags))
 }
 
@@ -492,6 +504,8 @@ func (ss *session) link(req *qtfsv1.Request, out *qtfsv1.Entry) error {
 	if err != nil {
 		return err
 	}
+	ss.watch.Load().markEntry(np.id, req.Name)
+	ss.watch.Load().markIno(n.key)
 	err = unix.Linkat(fd, "", np.fd, req.Name, unix.AT_EMPTY_PATH)
 	done()
 	if err != nil {
@@ -512,10 +526,10 @@ func (ss *session) open(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 	if n.isDir() && flags&unix.O_ACCMODE != unix.O_RDONLY {
 		return syscall.EISDIR
 	}
-	fd, err := ss.reopen(n, flags)
-	if err == syscall.ESTALE {
-		err = syscall.ENOENT // unlinked since the lookup: as if the open came later
+	if flags&unix.O_ACCMODE != unix.O_RDONLY {
+		ss.watch.Load().markIno(n.key)
 	}
+	fd, err := ss.reopen(n, flags)
 	if err != nil {
 		return err
 	}
@@ -529,6 +543,7 @@ func (ss *session) create(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 		return err
 	}
 	flags := int(req.Flags) &^ (unix.O_DIRECT | unix.O_NOCTTY)
+	ss.watch.Load().markEntry(p.id, req.Name)
 	fd, err := openBeneath(p.fd, req.Name, flags|unix.O_CREAT|unix.O_EXCL, 0o600)
 	created := err == nil
 	if err == syscall.EEXIST && flags&unix.O_EXCL == 0 {
@@ -640,6 +655,9 @@ func (ss *session) xattr(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), error)
 	size := req.Len
 	if size > 1<<16 {
 		size = 1 << 16
+	}
+	if req.Op == qtfsv1.OpSetXattr || req.Op == qtfsv1.OpRemoveXattr {
+		ss.watch.Load().markIno(n.key)
 	}
 	switch req.Op {
 	case qtfsv1.OpSetXattr:

@@ -2,6 +2,7 @@ package server
 
 import (
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
@@ -82,7 +83,7 @@ type session struct {
 	root   *node
 	dead   bool
 
-	watch *watcher
+	watch atomic.Pointer[watcher]
 }
 
 func newSession(s *Server, id [16]byte, exp *export) (*session, error) {
@@ -138,7 +139,7 @@ func (ss *session) destroy() {
 	ss.dead = true
 	files, dirs, nodes := ss.files, ss.dirs, ss.nodes
 	ss.files, ss.dirs, ss.nodes, ss.byKey = nil, nil, nil, nil
-	w := ss.watch
+	w := ss.watch.Load()
 	ss.mu.Unlock()
 	if w != nil {
 		w.close()
@@ -253,8 +254,8 @@ func (ss *session) adopt(fd int, st *unix.Stat_t) (*node, error) {
 	n.refs = 1
 	ss.nodes[n.id] = n
 	ss.byKey[key] = n
-	if n.isDir() && ss.watch != nil {
-		ss.watch.add(n)
+	if w := ss.watch.Load(); n.isDir() && w != nil {
+		w.add(n)
 	}
 	return n, nil
 }
@@ -278,8 +279,8 @@ func (ss *session) forget(id, count uint64) {
 		if ss.byKey[n.key] == n {
 			delete(ss.byKey, n.key)
 		}
-		if ss.watch != nil && n.wd >= 0 {
-			ss.watch.remove(n)
+		if w := ss.watch.Load(); w != nil && n.wd >= 0 {
+			w.remove(n)
 		}
 		n.closeFd()
 		return

@@ -53,8 +53,10 @@ func (ss *session) pathFd(n *node) (int, func(), error) {
 	}
 	fd, err := unix.OpenByHandleAt(ss.exp.mountFd, n.handle, unix.O_PATH|unix.O_CLOEXEC|unix.O_NOFOLLOW)
 	if err != nil {
-		if err == unix.ESTALE || err == unix.ENOENT {
-			return -1, nil, syscall.ESTALE
+		if err == unix.ESTALE {
+			// The inode was unlinked and freed after the client looked it
+			// up: to the client it is a name that no longer exists.
+			return -1, nil, syscall.ENOENT
 		}
 		return -1, nil, err
 	}
@@ -77,8 +79,8 @@ func (ss *session) reopen(n *node, flags int) (int, error) {
 	}
 	if n.fd < 0 {
 		fd, err := unix.OpenByHandleAt(ss.exp.mountFd, n.handle, flags)
-		if err == unix.ENOENT {
-			err = syscall.ESTALE
+		if err == unix.ESTALE {
+			err = syscall.ENOENT
 		}
 		return fd, err
 	}
