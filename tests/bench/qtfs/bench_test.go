@@ -155,6 +155,7 @@ func runTarget(t *target, export, layer string) map[string]measure {
 			ps := treePaths(m)
 			res[wStatCold] = timeIt(func() (int64, int, error) { return statAll(ps) })
 			res[wStatWarm] = timeIt(func() (int64, int, error) { return statAll(ps) })
+			res[wStatHit] = restat(ps)
 		}},
 		{true, func(m string) {
 			res[wReaddir] = timeIt(func() (int64, int, error) { return readdirAll(filepath.Join(m, "flat")) })

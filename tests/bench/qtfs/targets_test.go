@@ -58,7 +58,14 @@ func serveLoopback(v string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	srv, err := fs.Mount(mnt, root, &fs.Options{MountOptions: fuse.MountOptions{FsName: "bench-loopback"}})
+	// go-fuse's defaults (what fs.Mount applies for nil options): 1 s entry
+	// and attribute timeouts.
+	sec := time.Second
+	srv, err := fs.Mount(mnt, root, &fs.Options{
+		EntryTimeout: &sec,
+		AttrTimeout:  &sec,
+		MountOptions: fuse.MountOptions{FsName: "bench-loopback"},
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
