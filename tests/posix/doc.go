@@ -41,6 +41,13 @@
 // package recognises it, runs the requested operations and exits, so any test
 // binary that imports the package can run the suite without a TestMain.
 //
+// The "mknod" case creates char and block device nodes (and an overlayfs
+// whiteout, char 0:0): export with device nodes allowed (qtfs ":dev"), or
+// expect that case to differ. CaseNames lists all cases.
+//
+// By hand against any mount: POSIX_MNT=... POSIX_REF=... [POSIX_HOSTDIR=...]
+// [POSIX_KNOWN=a,b] [POSIX_GOFUSE=1] go test ./tests/posix -run TestExternal -v
+//
 // RunGoFusePosixtest runs go-fuse's own posixtest cases against a mount as
 // subtests, with an explicit list of cases to skip.
 package posix
