@@ -526,6 +526,7 @@ func TestTerminalResize(t *testing.T) {
 		t.Fatalf("exit %d", got)
 	}
 	got := strings.ReplaceAll(string(<-out), "\r", "")
+	t.Logf("terminal output %q", got)
 	if !strings.Contains(got, "40 100\n") || !strings.Contains(got, "got:hi\n") {
 		t.Fatalf("terminal output %q", got)
 	}
