@@ -10,6 +10,7 @@ import (
 
 	"github.com/dpu-offload/offload/api/transport"
 	"github.com/dpu-offload/offload/plugin"
+	"github.com/dpu-offload/offload/qtfs/server"
 	"github.com/dpu-offload/offload/rexec"
 )
 
@@ -27,7 +28,7 @@ type Config struct {
 	// Security is transport.Security: ca, cert, key, insecure, allowed_cids.
 	Security transport.Security  `toml:"security"`
 	Runtime  plugin.Config       `toml:"runtime"`
-	Qtfs     *qtfsConfig         `toml:"qtfs"`
+	Qtfs     *server.Config      `toml:"qtfs"`
 	Rexec    *rexec.ServerConfig `toml:"rexec"`
 }
 

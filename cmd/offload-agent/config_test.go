@@ -51,4 +51,14 @@ func TestConfigErrors(t *testing.T) {
 	if cfg.Rexec == nil || len(cfg.Rexec.Allow) != 1 {
 		t.Fatalf("rexec table: %+v", cfg.Rexec)
 	}
+	cfg, err = loadConfig(write("[qtfs]\nsession_grace_seconds = 5\n[[qtfs.export]]\nname = \"snapshots\"\npath = \"/var/lib/offload/snapshots\"\nread_only = true\n"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Qtfs == nil || len(cfg.Qtfs.Exports) != 1 || cfg.Qtfs.Exports[0].Name != "snapshots" || !cfg.Qtfs.Exports[0].ReadOnly {
+		t.Fatalf("qtfs table: %+v", cfg.Qtfs)
+	}
+	if _, err := loadConfig(write("[[qtfs.export]]\nname = \"x\"\nbogus = 1\n"), true); err == nil {
+		t.Fatal("unknown qtfs export key accepted")
+	}
 }
