@@ -1,0 +1,178 @@
+//go:build e2e
+
+// Package qtfs_test runs qtfs across the testbed: `qtfs serve` on the host
+// side (tcp://192.0.2.1 with mTLS on the veth), `qtfs mount` inside the DPU
+// side, and checks on the host what the DPU did.
+package qtfs_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dpu-offload/offload/api/transport"
+	"github.com/dpu-offload/offload/tests/testbed"
+)
+
+const port = "7643"
+
+// bed is set up by TestMain. Its directory is under /var/tmp, which both
+// sides see at the same path (the exports live there, on the host).
+var bed struct {
+	dir    string
+	qtfs   string
+	certs  string
+	addr   string
+	rw, ro string // exported host directories
+	log    string
+	server *exec.Cmd
+	done   chan struct{}
+}
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "qtfs e2e: must run as root")
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	err := testbed.Up(ctx)
+	cancel()
+	if err == nil {
+		err = setup()
+	}
+	code := 1
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "qtfs e2e:", err)
+	} else {
+		code = m.Run()
+	}
+	stopServer()
+	os.RemoveAll(bed.dir)
+	os.Exit(code)
+}
+
+func setup() error {
+	var err error
+	if bed.dir, err = os.MkdirTemp("/var/tmp", "qtfs-e2e-"); err != nil {
+		return err
+	}
+	os.Chmod(bed.dir, 0o755)
+	bed.qtfs = filepath.Join(bed.dir, "qtfs")
+	cmd := exec.Command("go", "build", "-o", bed.qtfs, "./cmd/qtfs")
+	cmd.Dir = "../../.."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/qtfs: %v\n%s", err, out)
+	}
+	bed.certs = filepath.Join(bed.dir, "certs")
+	if err := transport.GenerateCerts(bed.certs, []string{testbed.HostIP}); err != nil {
+		return err
+	}
+	bed.rw = filepath.Join(bed.dir, "rw")
+	bed.ro = filepath.Join(bed.dir, "ro")
+	for _, d := range []string{bed.rw, bed.ro} {
+		if err := os.Mkdir(d, 0o777); err != nil {
+			return err
+		}
+		os.Chmod(d, 0o777)
+	}
+	bed.addr = "tcp://" + testbed.HostIP + ":" + port
+	bed.log = filepath.Join(bed.dir, "serve.log")
+	return startServer()
+}
+
+func startServer() error {
+	lf, err := os.OpenFile(bed.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	bed.server = testbed.HostCommand(context.Background(), bed.qtfs, "serve", "--listen", bed.addr,
+		"--tls-dir", bed.certs, "--export", "rw="+bed.rw, "--export", "ro="+bed.ro+":ro")
+	bed.server.Stdout, bed.server.Stderr = lf, lf
+	if err := bed.server.Start(); err != nil {
+		lf.Close()
+		return err
+	}
+	bed.done = make(chan struct{})
+	go func(c *exec.Cmd, done chan struct{}) { c.Wait(); lf.Close(); close(done) }(bed.server, bed.done)
+	// Wait until it listens.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := testbed.Host(context.Background(), "ss", "-Hltn", "sport = :"+port)
+		if err == nil && r.ExitCode == 0 && strings.Contains(r.Stdout, port) {
+			return nil
+		}
+		select {
+		case <-bed.done:
+			b, _ := os.ReadFile(bed.log)
+			return fmt.Errorf("qtfs serve exited: %s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("qtfs serve not listening on %s", bed.addr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func stopServer() {
+	if bed.server == nil || bed.server.Process == nil {
+		return
+	}
+	syscall.Kill(-bed.server.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-bed.done:
+	case <-time.After(5 * time.Second):
+		syscall.Kill(-bed.server.Process.Pid, syscall.SIGKILL)
+		<-bed.done
+	}
+	bed.server = nil
+}
+
+// mount mounts export on the DPU side at a fresh mountpoint in the DPU's
+// private /run and returns it; the mount is removed when the test ends.
+func mount(t *testing.T, export string, extra ...string) string {
+	t.Helper()
+	mnt := "/run/qtfs-e2e/" + strings.ReplaceAll(t.Name(), "/", "_")
+	args := append([]string{bed.qtfs, "mount", "--daemon", "--allow-other", "--tls-dir", bed.certs}, extra...)
+	args = append(args, bed.addr, export, mnt)
+	testbed.MustDPU(t, "mkdir", "-p", mnt)
+	testbed.MustDPU(t, args...)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if r, err := testbed.DPU(ctx, bed.qtfs, "umount", mnt); err != nil || r.ExitCode != 0 {
+			testbed.DPU(ctx, bed.qtfs, "umount", "--lazy", mnt)
+		}
+	})
+	return mnt
+}
+
+func dpuSh(t *testing.T, script string) string {
+	t.Helper()
+	return testbed.MustDPU(t, "sh", "-c", script)
+}
+
+func hostFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func contains(t *testing.T, out, want string) {
+	t.Helper()
+	if !strings.Contains(out, want) {
+		t.Fatalf("output %q does not contain %q", out, want)
+	}
+}
+
+var _ = bytes.Equal
