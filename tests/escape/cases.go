@@ -378,6 +378,10 @@ func caseNoDev(c *caseRun) {
 			c.violation("device node %s exists on the host", d.name)
 		}
 	}
+	// Not a device: overlayfs whiteouts (char 0:0) are how containerd's
+	// overlay snapshotter records deletions; noted, not judged.
+	err := unix.Mknod(filepath.Join(c.mnt, "whiteout"), unix.S_IFCHR, 0)
+	c.note("mknod whiteout (char 0:0) => %s", errName(err))
 }
 
 // caseReadOnly: every modifying operation must answer EROFS and the
