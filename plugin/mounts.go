@@ -104,6 +104,11 @@ func (m *preparedMounts) release() {
 	m.pins = nil
 }
 
+// readlinkFd is where a pinned descriptor points.
+func readlinkFd(p pinnedPath) (string, error) {
+	return os.Readlink(p.procPath())
+}
+
 // prepareRootfs validates the DPU's rootfs mounts and rewrites their paths
 // to pinned descriptors.
 func (p mountPolicy) prepareRootfs(in []*runtimev1.Mount) (_ *preparedMounts, retErr error) {
