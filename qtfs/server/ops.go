@@ -726,22 +726,43 @@ func (ss *session) access(req *qtfsv1.Request) error {
 
 // ownerLockFd returns the open file description that carries owner's locks
 // on f's node, creating it with f's access mode.
-func (ss *session) ownerLockFd(f *openFile, owner uint64) (int, error) {
+// ownerLockFd returns the open file description that carries owner's locks
+// on f's node, creating it with f's access mode.
+func (ss *session) ownerLockFd(f *openFile, owner uint64) (*lockFd, error) {
 	n := f.node
 	n.lmu.Lock()
 	defer n.lmu.Unlock()
 	if l, ok := n.locks[owner]; ok {
-		return l.fd, nil
+		return l, nil
 	}
 	fd, err := ss.reopen(n, f.flags&unix.O_ACCMODE)
 	if err != nil {
-		return -1, err
+		return nil, err
 	}
 	if n.locks == nil {
 		n.locks = map[uint64]*lockFd{}
 	}
-	n.locks[owner] = &lockFd{fd: fd, fh: f.fh}
-	return fd, nil
+	l := &lockFd{fd: fd, fh: f.fh}
+	n.locks[owner] = l
+	return l, nil
+}
+
+// holderPid finds which other owner of this session holds the conflicting
+// lock fl: the owner whose own description sees no conflict on that range.
+// 0 when the holder is not one of ours (a host process, another DPU).
+func holderPid(n *node, owner uint64, fl unix.Flock_t) uint32 {
+	n.lmu.Lock()
+	defer n.lmu.Unlock()
+	for o, l := range n.locks {
+		if o == owner {
+			continue
+		}
+		probe := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: fl.Start, Len: fl.Len}
+		if unix.FcntlFlock(uintptr(l.fd), unix.F_OFD_GETLK, &probe) == nil && probe.Type == unix.F_UNLCK {
+			return l.pid
+		}
+	}
+	return 0
 }
 
 func (ss *session) lock(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
@@ -749,10 +770,11 @@ func (ss *session) lock(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 	if err != nil {
 		return err
 	}
-	fd, err := ss.ownerLockFd(f, req.Owner)
+	l, err := ss.ownerLockFd(f, req.Owner)
 	if err != nil {
 		return err
 	}
+	fd := l.fd
 	if req.Flags&lkFlock != 0 {
 		var how int
 		switch req.Lock.Type {
@@ -786,7 +808,7 @@ func (ss *session) lock(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 			if fl.Len != 0 {
 				rep.Lock.End = uint64(fl.Start + fl.Len - 1)
 			}
-			rep.Lock.Pid = 0
+			rep.Lock.Pid = holderPid(f.node, req.Owner, fl)
 		}
 		return nil
 	case qtfsv1.OpSetLk:
@@ -794,8 +816,15 @@ func (ss *session) lock(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 		if err == syscall.EACCES {
 			err = syscall.EAGAIN
 		}
+		if err == nil && req.Lock.Type != unix.F_UNLCK {
+			l.pid = req.Lock.Pid
+		}
 		return err
 	default:
-		return unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLKW, &fl)
+		err := unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLKW, &fl)
+		if err == nil && req.Lock.Type != unix.F_UNLCK {
+			l.pid = req.Lock.Pid
+		}
+		return err
 	}
 }

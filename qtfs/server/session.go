@@ -33,8 +33,9 @@ type node struct {
 // different DPU processes (and flock locks of different opens) conflict as
 // they would locally. fh is the open it was created through.
 type lockFd struct {
-	fd int
-	fh uint64
+	fd  int
+	fh  uint64
+	pid uint32 // DPU pid that last took a lock through it (F_GETLK reports it)
 }
 
 // dropLocks closes lock descriptions of owner (POSIX close semantics), or of
