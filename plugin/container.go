@@ -171,6 +171,9 @@ func (c *container) create(ctx context.Context, req *runtimev1.CreateRequest) (r
 	c.init = init
 	c.mu.Unlock()
 	if err := init.started(pid, false); err != nil {
+		if c.stop != nil {
+			c.stop()
+		}
 		c.runc.Delete(context.WithoutCancel(ctx), c.id, &runc.DeleteOpts{Force: true})
 		return err
 	}

@@ -532,3 +532,52 @@ func TestTerminalResize(t *testing.T) {
 	}
 	a.del(ref(id))
 }
+
+func TestParallelContainers(t *testing.T) {
+	a := newAgent(t)
+	const n = 12
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			errs <- func() error {
+				ctx := context.Background()
+				id := fmt.Sprintf("par%d", i)
+				r := ref(id)
+				if _, err := a.client.Create(ctx, &runtimev1.CreateRequest{Namespace: testNS, ContainerId: id,
+					Spec: specJSON(t, testSpec(id, "sh", "-c", fmt.Sprintf("echo %d; exit %d", i, i))), Rootfs: a.overlayMounts(id),
+					Stdio: &runtimev1.StdioConfig{Stdout: true}}); err != nil {
+					return fmt.Errorf("create %s: %w", id, err)
+				}
+				c, err := a.attach(r, runtimev1.StdioStream_STDOUT)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				out := readAll(c)
+				if _, err := a.client.Start(ctx, r); err != nil {
+					return fmt.Errorf("start %s: %w", id, err)
+				}
+				w, err := a.client.Wait(ctx, r)
+				if err != nil || w.ExitStatus != uint32(i) {
+					return fmt.Errorf("wait %s: %v %v", id, w, err)
+				}
+				if got := string(<-out); got != fmt.Sprintf("%d\n", i) {
+					return fmt.Errorf("%s stdout %q", id, got)
+				}
+				_, err = a.client.Delete(ctx, &runtimev1.DeleteRequest{Process: r})
+				return err
+			}()
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(a.cfg.BundleDir, testNS)); len(ents) != 0 {
+		t.Errorf("bundles left: %d", len(ents))
+	}
+	if l, _ := a.client.List(context.Background(), &runtimev1.ListRequest{}); len(l.Containers) != 0 {
+		t.Errorf("containers left: %v", l.Containers)
+	}
+}
