@@ -72,6 +72,9 @@ func newAgent(t *testing.T) *agent {
 		if err := SetSubreaper(); err != nil {
 			t.Fatal(err)
 		}
+		if !testing.Verbose() {
+			log.SetLevel("warn")
+		}
 	})
 	root := t.TempDir()
 	a := &agent{t: t, dir: filepath.Join(root, "snapshots")}
