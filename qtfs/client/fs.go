@@ -40,6 +40,8 @@ type qfs struct {
 	srvMu sync.Mutex
 	srv   *fuse.Server
 	notes chan note
+
+	pf *prefetcher // nil unless entries are cached (CacheAuto) and readdirplus is available
 }
 
 type cfile struct {
@@ -64,6 +66,9 @@ func newFS(s *Session, cache CacheMode, ttl time.Duration) *qfs {
 		fs.ttl = 0
 	}
 	fs.locks = s.Features()&qtfsv1.FeatLocks != 0
+	if fs.ttl > 0 && s.Features()&qtfsv1.FeatReadDirPlus != 0 {
+		fs.pf = newPrefetcher()
+	}
 	fs.notes = make(chan note, 4096)
 	go fs.notifyLoop()
 	s.SetNotify(fs.notify)
@@ -272,6 +277,9 @@ func caller(h *fuse.InHeader) qtfsv1.Caller {
 
 // entryCall runs a request that yields a new entry under parent.
 func (fs *qfs) entryCall(parent *cnode, name string, req *qtfsv1.Request, out *fuse.EntryOut) fuse.Status {
+	if req.Op != qtfsv1.OpLookup {
+		fs.prefetchDrop(parent.id)
+	}
 	var epoch uint64
 	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
 		epoch = e
@@ -291,6 +299,14 @@ func (fs *qfs) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 	p, code := fs.node(h.NodeId)
 	if !code.Ok() {
 		return code
+	}
+	if fs.pf != nil {
+		if e, epoch, ok := fs.prefetchTake(p, name); ok {
+			fs.s.stats.prefetchHits.Add(1)
+			fs.entry(p, name, &e, epoch, out)
+			return fuse.OK
+		}
+		fs.prefetchStart(p)
 	}
 	code = fs.entryCall(p, name, &qtfsv1.Request{Op: qtfsv1.OpLookup, Name: name}, out)
 	if code == fuse.ENOENT && fs.ttl > 0 {
@@ -344,6 +360,7 @@ func (fs *qfs) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Att
 	if !code.Ok() {
 		return code
 	}
+	fs.prefetchDropParent(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpSetAttr, Valid: in.Valid, Mode: in.Mode, Uid: in.Uid, Gid: in.Gid,
 		Len: in.Size, Atime: qtfsv1.Timespec{Sec: int64(in.Atime), Nsec: in.Atimensec},
 		Mtime: qtfsv1.Timespec{Sec: int64(in.Mtime), Nsec: in.Mtimensec}, Caller: caller(&in.InHeader)}
@@ -406,6 +423,7 @@ func (fs *qfs) remove(op qtfsv1.Op, h *fuse.InHeader, name string) fuse.Status {
 	if !code.Ok() {
 		return code
 	}
+	fs.prefetchDrop(p.id)
 	req := &qtfsv1.Request{Op: op, Name: name}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, p, nil))
 	if !code.Ok() {
@@ -433,6 +451,8 @@ func (fs *qfs) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newNam
 	if !code.Ok() {
 		return code
 	}
+	fs.prefetchDrop(op.id)
+	fs.prefetchDrop(np.id)
 	req := &qtfsv1.Request{Op: qtfsv1.OpRename, Name: oldName, Name2: newName, Flags: in.Flags}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, op, np))
 	if !code.Ok() {
@@ -452,6 +472,8 @@ func (fs *qfs) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *f
 	if !code.Ok() {
 		return code
 	}
+	fs.prefetchDrop(p.id)
+	fs.prefetchDropParent(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpLink, Name: name}
 	var epoch uint64
 	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
@@ -533,6 +555,7 @@ func (fs *qfs) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string
 	if !code.Ok() {
 		return code
 	}
+	fs.prefetchDropParent(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpSetXattr, Name: attr, Flags: in.Flags, Data: data}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, n, nil))
 	if code.Ok() {
@@ -569,6 +592,7 @@ func (fs *qfs) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, ou
 	if !code.Ok() {
 		return code
 	}
+	fs.prefetchDrop(p.id)
 	req := &qtfsv1.Request{Op: qtfsv1.OpCreate, Name: name, Flags: in.Flags, Mode: in.Mode, Caller: caller(&in.InHeader)}
 	var epoch uint64
 	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
@@ -600,6 +624,9 @@ func (fs *qfs) open(in *fuse.OpenIn, out *fuse.OpenOut, dir bool) fuse.Status {
 	n, code := fs.node(in.NodeId)
 	if !code.Ok() {
 		return code
+	}
+	if in.Flags&syscall.O_TRUNC != 0 {
+		fs.prefetchDropParent(n)
 	}
 	req := &qtfsv1.Request{Op: qtfsv1.OpOpen, Flags: in.Flags, Caller: caller(&in.InHeader)}
 	if dir {
@@ -650,6 +677,7 @@ func (fs *qfs) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uin
 	if !code.Ok() {
 		return 0, code
 	}
+	fs.prefetchDropParent(f.node)
 	req := &qtfsv1.Request{Op: qtfsv1.OpWrite, Off: in.Offset, Data: data}
 	rep, fr, code := fs.rpc(classData, req, fs.withFh(req, f))
 	if !code.Ok() {
@@ -727,6 +755,7 @@ func (fs *qfs) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Stat
 	if !code.Ok() {
 		return code
 	}
+	fs.prefetchDropParent(f.node)
 	req := &qtfsv1.Request{Op: qtfsv1.OpFallocate, Mode: in.Mode, Off: in.Offset, Len: in.Length}
 	_, fr, code := fs.rpc(classData, req, fs.withFh(req, f))
 	if code.Ok() {
@@ -759,6 +788,7 @@ func (fs *qfs) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (
 	if !code.Ok() {
 		return 0, code
 	}
+	fs.prefetchDropParent(fout.node)
 	req := &qtfsv1.Request{Op: qtfsv1.OpCopyFileRange, Off: in.OffIn, Off2: in.OffOut, Len: in.Len, Flags: uint32(in.Flags)}
 	rep, fr, code := fs.rpc(classData, req, func(e uint64) error {
 		var err error
@@ -910,8 +940,10 @@ func (fs *qfs) notifyLoop() {
 		}
 		switch nt.req.Op {
 		case qtfsv1.OpNotifyInvalEntry:
+			fs.prefetchDrop(n.id)
 			srv.EntryNotify(n.id, nt.req.Name)
 		case qtfsv1.OpNotifyInvalInode:
+			fs.prefetchDropParent(n)
 			srv.InodeNotify(n.id, int64(nt.req.Off), int64(nt.req.Len))
 		}
 	}

@@ -27,8 +27,9 @@ func (o *opStats) record(d time.Duration, failed bool) {
 
 // Stats counts requests per operation.
 type Stats struct {
-	ops      [qtfsv1.NumOps]opStats
-	inflight atomic.Int64
+	ops          [qtfsv1.NumOps]opStats
+	inflight     atomic.Int64
+	prefetchHits atomic.Int64
 }
 
 // OpInfo is a snapshot of one operation's counters.
@@ -52,7 +53,9 @@ type Info struct {
 	ReadOnly   bool      `json:"read_only"`
 	LastError  string    `json:"last_error,omitempty"`
 	InFlight   int64     `json:"in_flight"`
-	Ops        []OpInfo  `json:"ops"`
+	// PrefetchHits counts lookups answered from a directory listing.
+	PrefetchHits int64    `json:"prefetch_hits"`
+	Ops          []OpInfo `json:"ops"`
 }
 
 // Info returns the session's counters and connection state.
@@ -62,6 +65,7 @@ func (s *Session) Info() Info {
 		Reconnects: s.reconnects, Epoch: s.epoch, Features: s.features, ReadOnly: s.readOnly, LastError: s.lastErr}
 	s.mu.Unlock()
 	in.InFlight = s.stats.inflight.Load()
+	in.PrefetchHits = s.stats.prefetchHits.Load()
 	for op := qtfsv1.OpHello; op.Valid(); op++ {
 		o := &s.stats.ops[op]
 		n := o.count.Load()

@@ -361,6 +361,23 @@ func (ss *session) readlink(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 	return nil
 }
 
+// ownNewFd is ownNew for a regular file the server holds open: fchown and
+// fchmod on the descriptor, no path walks.
+func (ss *session) ownNewFd(parentFd, fd int, mode uint32, c qtfsv1.Caller) error {
+	var pst unix.Stat_t
+	if err := unix.Fstat(parentFd, &pst); err != nil {
+		return err
+	}
+	gid := c.Gid
+	if pst.Mode&unix.S_ISGID != 0 {
+		gid = pst.Gid
+	}
+	if err := unix.Fchown(fd, int(c.Uid), int(gid)); err != nil {
+		return err
+	}
+	return unix.Fchmod(fd, mode&07777)
+}
+
 // ownNew gives a freshly created entry the caller's ownership and the exact
 // requested mode (the server's umask is not applied; setuid/setgid bits are
 // kept; a setgid parent passes on its group as on a local file system).
@@ -562,24 +579,23 @@ func (ss *session) create(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 		return syscall.EISDIR
 	}
 	if created {
-		if err := ss.ownNew(p.fd, fd, unix.S_IFREG, req.Mode, req.Caller); err != nil {
+		if err := ss.ownNewFd(p.fd, fd, req.Mode, req.Caller); err != nil {
 			unix.Close(fd)
 			unix.Unlinkat(p.fd, req.Name, 0)
 			return err
 		}
+		st.Uid, st.Gid, st.Mode = 0, 0, 0
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return err
+		}
 	}
-	pfd, err := unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	n, err := ss.adoptOpen(fd, &st)
 	if err != nil {
 		unix.Close(fd)
 		return err
 	}
-	if err := ss.adoptFd(pfd, &rep.Entry); err != nil {
-		unix.Close(fd)
-		return err
-	}
-	ss.mu.Lock()
-	n := ss.nodes[rep.Entry.Node]
-	ss.mu.Unlock()
+	rep.Entry = qtfsv1.Entry{Node: n.id, Attr: toAttr(&st)}
 	rep.Fh = ss.addFile(&openFile{fd: fd, node: n, flags: flags &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC)})
 	return nil
 }

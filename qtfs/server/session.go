@@ -261,6 +261,36 @@ func (ss *session) adopt(fd int, st *unix.Stat_t) (*node, error) {
 	return n, nil
 }
 
+// adoptOpen registers the regular file behind an open (non-O_PATH) fd,
+// which stays owned by the caller. Only when the file system has no file
+// handles is an O_PATH fd made for the node.
+func (ss *session) adoptOpen(fd int, st *unix.Stat_t) (*node, error) {
+	if ss.exp.mountID >= 0 {
+		if h, mid, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH); err == nil && mid == ss.exp.mountID {
+			key := devIno{st.Dev, st.Ino}
+			ss.mu.Lock()
+			defer ss.mu.Unlock()
+			if ss.dead {
+				return nil, syscall.ESTALE
+			}
+			if cur := ss.byKey[key]; cur != nil && sameHandle(h, cur.handle) {
+				cur.refs++
+				return cur, nil
+			}
+			n := &node{id: ss.nextID, key: key, mode: unix.S_IFREG, fd: -1, handle: h, refs: 1, wd: -1}
+			ss.nextID++
+			ss.nodes[n.id] = n
+			ss.byKey[key] = n
+			return n, nil
+		}
+	}
+	pfd, err := unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return ss.adopt(pfd, st)
+}
+
 func (n *node) closeFd() {
 	if n.fd >= 0 {
 		unix.Close(n.fd)

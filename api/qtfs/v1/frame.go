@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 )
 
 const (
@@ -95,16 +96,42 @@ func ReadFrame(r io.Reader, hdr []byte, buf []byte) (Header, []byte, error) {
 	return h, buf, nil
 }
 
-// WriteFrame writes header, body and an optional trailing data slice with one
-// writev, so bulk data is never copied into the body buffer.
+// WriteFrame writes header, body and an optional trailing data slice. On
+// sockets with writev (unix, TCP) it is one writev and bulk data is never
+// copied; on other connections (TLS, where every Write becomes at least one
+// record and one syscall) small frames are coalesced into a single Write.
 func WriteFrame(w io.Writer, h Header, body, data []byte) error {
 	var hb [HeaderSize]byte
 	h.Len = uint32(len(body) + len(data))
 	h.Put(hb[:])
-	bufs := net.Buffers{hb[:], body}
-	if len(data) > 0 {
-		bufs = append(bufs, data)
+	switch w.(type) {
+	case *net.UnixConn, *net.TCPConn:
+		bufs := net.Buffers{hb[:], body}
+		if len(data) > 0 {
+			bufs = append(bufs, data)
+		}
+		_, err := bufs.WriteTo(w)
+		return err
 	}
-	_, err := bufs.WriteTo(w)
+	n := HeaderSize + len(body)
+	if len(data) <= coalesceLimit {
+		n += len(data)
+	}
+	bp := frameBufs.Get().(*[]byte)
+	buf := append(append(append((*bp)[:0], hb[:]...), body...), data[:n-HeaderSize-len(body)]...)
+	_, err := w.Write(buf)
+	if cap(buf) <= 256<<10 {
+		*bp = buf[:0]
+		frameBufs.Put(bp)
+	}
+	if err != nil || n == HeaderSize+len(body)+len(data) {
+		return err
+	}
+	_, err = w.Write(data)
 	return err
 }
+
+// coalesceLimit is the largest data slice copied to save a Write.
+const coalesceLimit = 64 << 10
+
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
