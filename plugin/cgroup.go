@@ -26,6 +26,32 @@ type containerCgroup struct {
 	v2 *cgroup2.Manager
 	// memDir holds memory.oom_control (v1) or memory.events (v2).
 	memDir string
+	// procPath is the path /proc/<pid>/cgroup shows for members: the
+	// memory controller's (v1) or the unified one (v2).
+	procPath string
+}
+
+// holds reports whether a /proc/<pid>/cgroup text places the process in
+// this cgroup. (A zombie on a pure v1 host shows "/" everywhere and is not
+// recognised.)
+func (c *containerCgroup) holds(procCgroup string) bool {
+	for _, line := range strings.Split(procCgroup, "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 || parts[2] != c.procPath {
+			continue
+		}
+		// A zombie has left its v1 cgroups ("/") but still shows its
+		// unified one, which runc sets to the same path on a hybrid host.
+		if parts[1] == "" {
+			return true
+		}
+		for _, ctrl := range strings.Split(parts[1], ",") {
+			if c.v2 == nil && ctrl == "memory" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func loadCgroup(pid int) (*containerCgroup, error) {
@@ -38,7 +64,7 @@ func loadCgroup(pid int) (*containerCgroup, error) {
 		if err != nil {
 			return nil, fmt.Errorf("load cgroup2 %s: %w", group, err)
 		}
-		return &containerCgroup{v2: m, memDir: filepath.Join(cgroupRoot, group)}, nil
+		return &containerCgroup{v2: m, memDir: filepath.Join(cgroupRoot, group), procPath: group}, nil
 	}
 	paths, err := cgroup1.ParseCgroupFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
@@ -51,6 +77,7 @@ func loadCgroup(pid int) (*containerCgroup, error) {
 	c := &containerCgroup{v1: cg}
 	if p, ok := paths["memory"]; ok {
 		c.memDir = filepath.Join(cgroupRoot, "memory", p)
+		c.procPath = p
 	}
 	return c, nil
 }

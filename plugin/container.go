@@ -138,6 +138,8 @@ func (c *container) create(ctx context.Context, req *runtimev1.CreateRequest) (r
 			pio.Close()
 		}
 	}()
+	c.s.starting.RLock()
+	defer c.s.starting.RUnlock()
 	pidFile := filepath.Join(c.bundle, "init.pid")
 	opts := &runc.CreateOpts{IO: pio, PidFile: pidFile}
 	if pio.consoleSocket != nil {
@@ -381,6 +383,8 @@ func (c *container) start(ctx context.Context, p *process) (int, error) {
 	if c.status(ctx) == runtimev1.Status_STOPPED {
 		return 0, fmt.Errorf("container %s/%s is stopped: %w", c.ns, c.id, errdefs.ErrFailedPrecondition)
 	}
+	c.s.starting.RLock()
+	defer c.s.starting.RUnlock()
 	pidFile := filepath.Join(c.bundle, p.id+".pid")
 	opts := &runc.ExecOpts{IO: p.io, PidFile: pidFile, Detach: true}
 	if p.io.consoleSocket != nil {
@@ -478,6 +482,9 @@ func (c *container) deleteProcess(ctx context.Context, p *process, force bool) (
 	}
 	if c.stop != nil {
 		c.stop()
+	}
+	if c.hostPID && c.cg != nil {
+		c.s.retire(c.cg)
 	}
 	if err := c.removeBundle(ctx); err != nil {
 		return nil, err

@@ -124,7 +124,7 @@ func (a *agent) start() {
 	}
 	cl := ttrpc.NewClient(conn)
 	a.client = runtimev1.NewAgentClient(cl)
-	a.closers = append(a.closers, func() { cl.Close(); srv.Close(); sl.Close() })
+	a.closers = append(a.closers, func() { cl.Close(); srv.Close(); sl.Close(); svc.Close() })
 }
 
 // stop closes the servers but leaves containers running (agent restart).

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -113,4 +115,49 @@ func (w *pidWatch) wait() exitInfo {
 		return exitInfo{Status: 255, ExitedAt: time.Now()}
 	}
 	return info
+}
+
+// In a container that shares the host's pid namespace, a process whose
+// parent dies is re-parented to the nearest subreaper — the agent — instead
+// of the container's init, and would stay a zombie. reapOrphans collects
+// such zombies: children of the agent that no watch owns and that sit in
+// the cgroup of a host-pid container. Matching by cgroup leaves alone every
+// other child of the daemon (runc invocations, the rexec server's
+// processes), whose exits belong to whoever started them.
+func reapOrphans(owned func(pid int) bool, inContainer func(cgroupFile string) bool) (reaped int) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return 0
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil || owned(pid) || !isZombie(pid) {
+				continue
+			}
+			cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+			if err != nil || !inContainer(string(cg)) {
+				continue
+			}
+			var ws unix.WaitStatus
+			if n, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err == nil && n == pid {
+				reaped++
+			}
+		}
+	}
+	return reaped
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command, which may hold spaces.
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && i+2 < len(b) && b[i+2] == 'Z'
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/errdefs"
@@ -37,6 +38,14 @@ type Service struct {
 
 	mu         sync.Mutex
 	containers map[string]*container // key ns + "/" + id
+	// retired are cgroups of deleted host-pid containers whose orphans may
+	// still turn up as zombies, until the time given.
+	retired map[*containerCgroup]time.Time
+	done    chan struct{}
+	// starting is read-held from runc create/exec until the new process is
+	// watched; the orphan sweep skips a round while it is held, so it never
+	// reaps a process whose watch is about to begin.
+	starting sync.RWMutex
 }
 
 var _ runtimev1.AgentService = (*Service)(nil)
@@ -64,11 +73,90 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		ownOOMScoreAdj:   readOOMScoreAdj(),
 		canLowerOOMScore: hasCapSysResource(),
 		containers:       map[string]*container{},
+		retired:          map[*containerCgroup]time.Time{},
+		done:             make(chan struct{}),
 	}
 	if err := s.adoptAll(ctx); err != nil {
 		return nil, err
 	}
+	go s.sweepLoop()
 	return s, nil
+}
+
+// orphanSweep is how often zombies of host-pid containers are collected.
+const orphanSweep = 2 * time.Second
+
+func (s *Service) sweepLoop() {
+	t := time.NewTicker(orphanSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			s.sweepOrphans()
+		}
+	}
+}
+
+// sweepOrphans reaps zombies re-parented to the agent from containers that
+// share the host pid namespace (see reapOrphans).
+func (s *Service) sweepOrphans() int {
+	var cgs []*containerCgroup
+	owned := map[int]bool{}
+	s.mu.Lock()
+	now := time.Now()
+	for cg, until := range s.retired {
+		if now.After(until) {
+			delete(s.retired, cg)
+			continue
+		}
+		cgs = append(cgs, cg)
+	}
+	cs := make([]*container, 0, len(s.containers))
+	for _, c := range s.containers {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	for _, c := range cs {
+		c.mu.Lock()
+		if c.hostPID && c.cg != nil {
+			cgs = append(cgs, c.cg)
+		}
+		procs := []*process{c.init}
+		for _, e := range c.execs {
+			procs = append(procs, e)
+		}
+		c.mu.Unlock()
+		for _, p := range procs {
+			if p == nil {
+				continue
+			}
+			if st, pid, _ := p.snapshot(); pid != 0 && st != runtimev1.Status_STOPPED {
+				owned[pid] = true
+			}
+		}
+	}
+	if len(cgs) == 0 || !s.starting.TryLock() {
+		return 0
+	}
+	defer s.starting.Unlock()
+	return reapOrphans(func(pid int) bool { return owned[pid] }, func(procCgroup string) bool {
+		for _, cg := range cgs {
+			if cg.holds(procCgroup) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// retire keeps a deleted host-pid container's cgroup in the orphan sweep
+// for a while: processes runc delete killed may become zombies after it.
+func (s *Service) retire(cg *containerCgroup) {
+	s.mu.Lock()
+	s.retired[cg] = time.Now().Add(time.Minute)
+	s.mu.Unlock()
 }
 
 func key(ns, id string) string { return ns + "/" + id }
@@ -423,5 +511,10 @@ func (s *Service) Events(ctx context.Context, req *runtimev1.EventsRequest, srv 
 // Close releases what the service holds without touching containers: they
 // keep running and a restarted agent re-adopts them.
 func (s *Service) Close() error {
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
 	return nil
 }

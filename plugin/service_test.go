@@ -581,3 +581,55 @@ func TestParallelContainers(t *testing.T) {
 		t.Errorf("containers left: %v", l.Containers)
 	}
 }
+
+// TestHostPIDOrphansReaped: without a pid namespace, a process whose parent
+// dies is re-parented to the agent; its zombie must not linger.
+func TestHostPIDOrphansReaped(t *testing.T) {
+	a := newAgent(t)
+	id := "orphans"
+	spec := testSpec(id, "sh", "-c", "sh -c 'sleep 0.2 & echo $!'; sleep 1000")
+	spec.Linux.Namespaces = spec.Linux.Namespaces[1:] // no pid namespace
+	a.create(id, spec, &runtimev1.StdioConfig{Stdout: true})
+	out := a.mustAttach(ref(id), runtimev1.StdioStream_STDOUT)
+	a.startP(ref(id))
+	line := make([]byte, 32)
+	n, err := out.Read(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(line[:n])))
+	if err != nil {
+		t.Fatalf("orphan pid %q", line[:n])
+	}
+	// Once its shell parent is gone the orphan belongs to the agent.
+	for i := 0; i < 50 && parentOf(pid) != os.Getpid() && parentOf(pid) != -1; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if ppid := parentOf(pid); ppid != os.Getpid() && ppid != -1 {
+		t.Fatalf("orphan %d has parent %d, want the agent %d", pid, ppid, os.Getpid())
+	}
+	deadline := time.Now().Add(3*orphanSweep + 2*time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+			t.Fatalf("orphan %d still present (zombie=%v), cgroups:\n%s", pid, isZombie(pid), cg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := a.client.Delete(context.Background(), &runtimev1.DeleteRequest{Process: ref(id), Force: true}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func parentOf(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
