@@ -369,10 +369,20 @@ func (c *container) process(execID string) (*process, error) {
 
 // start runs `runc start` for the init, or `runc exec --detach` for an exec.
 func (c *container) start(ctx context.Context, p *process) (int, error) {
-	st, pid, _ := p.snapshot()
-	if st != runtimev1.Status_CREATED {
-		return 0, fmt.Errorf("process %s is %s, not created: %w", p.name(), st, errdefs.ErrFailedPrecondition)
+	p.mu.Lock()
+	st, pid, busy := p.status, p.pid, p.starting
+	if st == runtimev1.Status_CREATED && !busy {
+		p.starting = true
 	}
+	p.mu.Unlock()
+	if st != runtimev1.Status_CREATED || busy {
+		return 0, fmt.Errorf("process %s is %s, not created (or already starting): %w", p.name(), st, errdefs.ErrFailedPrecondition)
+	}
+	defer func() {
+		p.mu.Lock()
+		p.starting = false
+		p.mu.Unlock()
+	}()
 	if p.isInit() {
 		if err := c.runc.Start(ctx, c.id); err != nil {
 			return 0, fmt.Errorf("runc start: %w", c.runcError(err))

@@ -24,10 +24,12 @@ type process struct {
 
 	mu     sync.Mutex
 	status runtimev1.Status
-	pid    int
-	watch  *pidWatch
-	exit   exitInfo
-	exited chan struct{} // closed once exit is recorded
+	// starting is set while Start runs runc, so a second Start is refused.
+	starting bool
+	pid      int
+	watch    *pidWatch
+	exit     exitInfo
+	exited   chan struct{} // closed once exit is recorded
 	// published is set (under c.eventMu) when this process's TaskExit has
 	// been published; published is closed at the same time.
 	published     bool
