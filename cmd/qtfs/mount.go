@@ -33,7 +33,7 @@ var mountCommand = &cli.Command{
 		&cli.StringFlag{Name: "cache", Value: "auto", Usage: "auto (1s entry/attr TTL + host-pushed invalidation), strict (no TTL), none (no caching, direct I/O)"},
 		&cli.DurationFlag{Name: "ttl", Value: time.Second, Usage: "entry/attribute cache timeout for --cache=auto"},
 		&cli.DurationFlag{Name: "timeout", Value: 30 * time.Second, Usage: "fail calls with EIO when the host is unreachable this long"},
-		&cli.IntFlag{Name: "readahead-kb", Value: 4096, Usage: "kernel readahead window of the mount (-1: kernel default)"},
+		&cli.IntFlag{Name: "readahead-kb", Value: 16384, Usage: "kernel readahead window of the mount (-1: kernel default)"},
 		&cli.IntFlag{Name: "data-conns", Value: 2, Usage: "connections for read/write data besides the control connection"},
 		&cli.BoolFlag{Name: "allow-other", Usage: "let other users access the mount"},
 		&cli.BoolFlag{Name: "daemon", Usage: "detach once mounted"},
@@ -208,8 +208,8 @@ var infoCommand = &cli.Command{
 		}
 		fmt.Printf("mountpoint:  %s\nexport:      %s\npid:         %d\ncache:       %s\nstate:       %s since %s\n",
 			mi.Mountpoint, mi.Export, mi.Pid, mi.Cache, state, mi.Since.Format(time.RFC3339))
-		fmt.Printf("connections: %d\nreconnects:  %d\nepoch:       %d\nread-only:   %v\nin-flight:   %d\n",
-			mi.Conns, mi.Reconnects, mi.Epoch, mi.ReadOnly, mi.InFlight)
+		fmt.Printf("connections: %d\nreconnects:  %d\nepoch:       %d\nread-only:   %v\nin-flight:   %d\nprefetched:  %d lookups answered from directory listings\n",
+			mi.Conns, mi.Reconnects, mi.Epoch, mi.ReadOnly, mi.InFlight, mi.PrefetchHits)
 		if mi.LastError != "" {
 			fmt.Printf("last error:  %s\n", mi.LastError)
 		}

@@ -278,7 +278,7 @@ func caller(h *fuse.InHeader) qtfsv1.Caller {
 // entryCall runs a request that yields a new entry under parent.
 func (fs *qfs) entryCall(parent *cnode, name string, req *qtfsv1.Request, out *fuse.EntryOut) fuse.Status {
 	if req.Op != qtfsv1.OpLookup {
-		fs.prefetchDrop(parent.id)
+		fs.prefetchDirty(parent.id, name)
 	}
 	var epoch uint64
 	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
@@ -301,9 +301,15 @@ func (fs *qfs) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 		return code
 	}
 	if fs.pf != nil {
-		if e, epoch, ok := fs.prefetchTake(p, name); ok {
+		switch e, epoch, res, neg := fs.prefetchTake(p, name); res {
+		case prefetchFound:
 			fs.s.stats.prefetchHits.Add(1)
 			fs.entry(p, name, &e, epoch, out)
+			return fuse.OK
+		case prefetchNotFound:
+			fs.s.stats.prefetchHits.Add(1)
+			*out = fuse.EntryOut{}
+			out.SetEntryTimeout(neg)
 			return fuse.OK
 		}
 		fs.prefetchStart(p)
@@ -360,7 +366,7 @@ func (fs *qfs) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Att
 	if !code.Ok() {
 		return code
 	}
-	fs.prefetchDropParent(n)
+	fs.prefetchDirtyNode(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpSetAttr, Valid: in.Valid, Mode: in.Mode, Uid: in.Uid, Gid: in.Gid,
 		Len: in.Size, Atime: qtfsv1.Timespec{Sec: int64(in.Atime), Nsec: in.Atimensec},
 		Mtime: qtfsv1.Timespec{Sec: int64(in.Mtime), Nsec: in.Mtimensec}, Caller: caller(&in.InHeader)}
@@ -423,7 +429,7 @@ func (fs *qfs) remove(op qtfsv1.Op, h *fuse.InHeader, name string) fuse.Status {
 	if !code.Ok() {
 		return code
 	}
-	fs.prefetchDrop(p.id)
+	fs.prefetchDirty(p.id, name)
 	req := &qtfsv1.Request{Op: op, Name: name}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, p, nil))
 	if !code.Ok() {
@@ -451,8 +457,8 @@ func (fs *qfs) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newNam
 	if !code.Ok() {
 		return code
 	}
-	fs.prefetchDrop(op.id)
-	fs.prefetchDrop(np.id)
+	fs.prefetchDirty(op.id, oldName)
+	fs.prefetchDirty(np.id, newName)
 	req := &qtfsv1.Request{Op: qtfsv1.OpRename, Name: oldName, Name2: newName, Flags: in.Flags}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, op, np))
 	if !code.Ok() {
@@ -472,8 +478,8 @@ func (fs *qfs) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *f
 	if !code.Ok() {
 		return code
 	}
-	fs.prefetchDrop(p.id)
-	fs.prefetchDropParent(n)
+	fs.prefetchDirty(p.id, name)
+	fs.prefetchDirtyNode(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpLink, Name: name}
 	var epoch uint64
 	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
@@ -555,7 +561,7 @@ func (fs *qfs) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string
 	if !code.Ok() {
 		return code
 	}
-	fs.prefetchDropParent(n)
+	fs.prefetchDirtyNode(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpSetXattr, Name: attr, Flags: in.Flags, Data: data}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, n, nil))
 	if code.Ok() {
@@ -592,7 +598,7 @@ func (fs *qfs) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, ou
 	if !code.Ok() {
 		return code
 	}
-	fs.prefetchDrop(p.id)
+	fs.prefetchDirty(p.id, name)
 	req := &qtfsv1.Request{Op: qtfsv1.OpCreate, Name: name, Flags: in.Flags, Mode: in.Mode, Caller: caller(&in.InHeader)}
 	var epoch uint64
 	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
@@ -626,7 +632,7 @@ func (fs *qfs) open(in *fuse.OpenIn, out *fuse.OpenOut, dir bool) fuse.Status {
 		return code
 	}
 	if in.Flags&syscall.O_TRUNC != 0 {
-		fs.prefetchDropParent(n)
+		fs.prefetchDirtyNode(n)
 	}
 	req := &qtfsv1.Request{Op: qtfsv1.OpOpen, Flags: in.Flags, Caller: caller(&in.InHeader)}
 	if dir {
@@ -677,7 +683,7 @@ func (fs *qfs) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uin
 	if !code.Ok() {
 		return 0, code
 	}
-	fs.prefetchDropParent(f.node)
+	fs.prefetchDirtyNode(f.node)
 	req := &qtfsv1.Request{Op: qtfsv1.OpWrite, Off: in.Offset, Data: data}
 	rep, fr, code := fs.rpc(classData, req, fs.withFh(req, f))
 	if !code.Ok() {
@@ -755,7 +761,7 @@ func (fs *qfs) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Stat
 	if !code.Ok() {
 		return code
 	}
-	fs.prefetchDropParent(f.node)
+	fs.prefetchDirtyNode(f.node)
 	req := &qtfsv1.Request{Op: qtfsv1.OpFallocate, Mode: in.Mode, Off: in.Offset, Len: in.Length}
 	_, fr, code := fs.rpc(classData, req, fs.withFh(req, f))
 	if code.Ok() {
@@ -788,7 +794,7 @@ func (fs *qfs) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (
 	if !code.Ok() {
 		return 0, code
 	}
-	fs.prefetchDropParent(fout.node)
+	fs.prefetchDirtyNode(fout.node)
 	req := &qtfsv1.Request{Op: qtfsv1.OpCopyFileRange, Off: in.OffIn, Off2: in.OffOut, Len: in.Len, Flags: uint32(in.Flags)}
 	rep, fr, code := fs.rpc(classData, req, func(e uint64) error {
 		var err error

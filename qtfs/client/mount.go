@@ -30,7 +30,7 @@ type MountOptions struct {
 	AllowOther bool
 	Debug      bool
 	// ReadAheadKB is the kernel readahead window for the mount (default
-	// 4096): FUSE starts at 128 KiB, too small to keep several requests in
+	// 16384): FUSE starts at 128 KiB, too small to keep several requests in
 	// flight. Negative leaves the kernel default.
 	ReadAheadKB int
 	// ControlDir holds the per-mount control socket used by `qtfs info`
@@ -78,7 +78,7 @@ func NewMount(ctx context.Context, opts MountOptions) (*Mount, error) {
 		opts.TTL = time.Second
 	}
 	if opts.ReadAheadKB == 0 {
-		opts.ReadAheadKB = 4096
+		opts.ReadAheadKB = 16384
 	}
 	mp, err := filepath.Abs(opts.Mountpoint)
 	if err != nil {

@@ -25,6 +25,10 @@ type listing struct {
 	at    time.Time
 	epoch uint64
 	ents  map[string]qtfsv1.Entry
+	// complete: the listing holds every name of the directory, so a name
+	// not in ents (and not dirty) does not exist.
+	complete bool
+	dirty    map[string]bool // names this client changed since the listing
 }
 
 type prefetcher struct {
@@ -33,31 +37,94 @@ type prefetcher struct {
 	inflight map[uint64]bool
 	recent   map[uint64]time.Time // last prefetch start per directory
 	ver      map[uint64]uint64    // bumped by every drop: a listing started before is discarded
+	pending  map[uint64]map[string]bool // names this client changed while a listing was in flight
 }
 
 func newPrefetcher() *prefetcher {
-	return &prefetcher{dirs: map[uint64]*listing{}, inflight: map[uint64]bool{}, recent: map[uint64]time.Time{}, ver: map[uint64]uint64{}}
+	return &prefetcher{dirs: map[uint64]*listing{}, inflight: map[uint64]bool{}, recent: map[uint64]time.Time{}, ver: map[uint64]uint64{}, pending: map[uint64]map[string]bool{}}
 }
 
-// take returns and removes a fresh prefetched entry for (dir, name).
-func (fs *qfs) prefetchTake(dir *cnode, name string) (qtfsv1.Entry, uint64, bool) {
+type prefetchResult int
+
+const (
+	prefetchMiss     prefetchResult = iota // ask the server
+	prefetchFound                          // entry returned
+	prefetchNotFound                       // the name does not exist (for the returned time)
+)
+
+// prefetchTake answers a lookup from a fresh listing: an entry (removed from
+// the listing: its server reference now belongs to the node), or, from a
+// complete listing, that the name does not exist and for how long to cache
+// that.
+func (fs *qfs) prefetchTake(dir *cnode, name string) (qtfsv1.Entry, uint64, prefetchResult, time.Duration) {
 	p := fs.pf
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	l := p.dirs[dir.id]
 	if l == nil {
-		return qtfsv1.Entry{}, 0, false
+		return qtfsv1.Entry{}, 0, prefetchMiss, 0
 	}
-	if time.Since(l.at) >= fs.ttl || l.epoch != fs.s.Epoch() {
+	age := time.Since(l.at)
+	if age >= fs.ttl || l.epoch != fs.s.Epoch() {
 		delete(p.dirs, dir.id)
 		fs.forgetListing(l)
-		return qtfsv1.Entry{}, 0, false
+		return qtfsv1.Entry{}, 0, prefetchMiss, 0
 	}
-	e, ok := l.ents[name]
-	if ok {
+	if l.dirty[name] {
+		return qtfsv1.Entry{}, 0, prefetchMiss, 0
+	}
+	if e, ok := l.ents[name]; ok {
 		delete(l.ents, name)
+		// Taken once: a second lookup of the name goes to the server.
+		l.markDirty(name)
+		return e, l.epoch, prefetchFound, 0
 	}
-	return e, l.epoch, ok
+	if l.complete {
+		return qtfsv1.Entry{}, 0, prefetchNotFound, fs.ttl - age
+	}
+	return qtfsv1.Entry{}, 0, prefetchMiss, 0
+}
+
+func (l *listing) markDirty(name string) {
+	if l.dirty == nil {
+		l.dirty = map[string]bool{}
+	}
+	l.dirty[name] = true
+}
+
+// prefetchDirty records that this client changed names in a directory: a
+// listing in flight is discarded, a stored one stops answering for them.
+func (fs *qfs) prefetchDirty(dirID uint64, names ...string) {
+	if fs.pf == nil {
+		return
+	}
+	p := fs.pf
+	p.mu.Lock()
+	if p.inflight[dirID] {
+		pd := p.pending[dirID]
+		if pd == nil {
+			pd = map[string]bool{}
+			p.pending[dirID] = pd
+		}
+		for _, name := range names {
+			pd[name] = true
+		}
+	}
+	l := p.dirs[dirID]
+	var drop []qtfsv1.Entry
+	if l != nil {
+		for _, name := range names {
+			if e, ok := l.ents[name]; ok {
+				drop = append(drop, e)
+				delete(l.ents, name)
+			}
+			l.markDirty(name)
+		}
+	}
+	p.mu.Unlock()
+	for _, e := range drop {
+		fs.s.queueForget(e.Node, 1, l.epoch)
+	}
 }
 
 // prefetchStart lists dir in the background unless it was listed within the TTL.
@@ -85,10 +152,12 @@ func (fs *qfs) prefetchStart(dir *cnode) {
 
 func (fs *qfs) prefetch(dir *cnode, ver uint64) {
 	start := time.Now()
-	ents, epoch := fs.listDir(dir)
+	ents, complete, epoch := fs.listDir(dir)
 	p := fs.pf
 	p.mu.Lock()
 	delete(p.inflight, dir.id)
+	dirty := p.pending[dir.id]
+	delete(p.pending, dir.id)
 	if ents == nil {
 		p.mu.Unlock()
 		return
@@ -99,7 +168,17 @@ func (fs *qfs) prefetch(dir *cnode, ver uint64) {
 		fs.forgetListing(&listing{epoch: epoch, ents: ents})
 		return
 	}
-	l := &listing{at: start, epoch: epoch, ents: ents}
+	l := &listing{at: start, epoch: epoch, ents: ents, complete: complete, dirty: dirty}
+	var stale []qtfsv1.Entry
+	for name := range dirty {
+		if e, ok := ents[name]; ok {
+			stale = append(stale, e)
+			delete(ents, name)
+		}
+	}
+	for _, e := range stale {
+		fs.s.queueForget(e.Node, 1, epoch)
+	}
 	old := p.dirs[dir.id]
 	p.dirs[dir.id] = l
 	p.mu.Unlock()
@@ -120,7 +199,7 @@ func (fs *qfs) prefetch(dir *cnode, ver uint64) {
 }
 
 // listDir reads one readdirplus reply of dir.
-func (fs *qfs) listDir(dir *cnode) (map[string]qtfsv1.Entry, uint64) {
+func (fs *qfs) listDir(dir *cnode) (map[string]qtfsv1.Entry, bool, uint64) {
 	var epoch uint64
 	open := &qtfsv1.Request{Op: qtfsv1.OpOpenDir}
 	rep, f, code := fs.rpc(classControl, open, func(e uint64) error {
@@ -128,27 +207,33 @@ func (fs *qfs) listDir(dir *cnode) (map[string]qtfsv1.Entry, uint64) {
 		return fs.withNodes(open, dir, nil)(e)
 	})
 	if !code.Ok() {
-		return nil, 0
+		return nil, false, 0
 	}
 	f.Release()
 	fh := rep.Fh
+	complete := false
 	rep, f, err := fs.s.callEpoch(epoch, classControl, &qtfsv1.Request{Op: qtfsv1.OpReadDir, Fh: fh, Len: maxPrefetch, Flags: 1}, nil, false)
 	var ents map[string]qtfsv1.Entry
 	if err == nil {
 		if rep.Errno == 0 {
 			ents = make(map[string]qtfsv1.Entry, len(rep.Dirents))
+			used := 0
 			for _, de := range rep.Dirents {
+				used += (24+len(de.Name)+7)&^7 + 128
 				if de.Node != 0 {
 					ents[de.Name] = qtfsv1.Entry{Node: de.Node, Attr: de.Attr}
 				}
 			}
+			// The server stops only when the next entry would not fit, so
+			// room for a largest entry left over means it reached the end.
+			complete = used+(24+256+128) <= maxPrefetch
 		}
 		f.Release()
 	}
 	if _, f, err := fs.s.callEpoch(epoch, classControl, &qtfsv1.Request{Op: qtfsv1.OpReleaseDir, Fh: fh}, nil, false); err == nil {
 		f.Release()
 	}
-	return ents, epoch
+	return ents, complete, epoch
 }
 
 func (fs *qfs) forgetListing(l *listing) {
@@ -174,7 +259,21 @@ func (fs *qfs) prefetchDrop(dirID uint64) {
 	}
 }
 
-// prefetchDropParent drops the listing that may hold n's attributes.
+// prefetchDirtyNode marks n's name in its parent's listing (its attributes
+// are about to change).
+func (fs *qfs) prefetchDirtyNode(n *cnode) {
+	if fs.pf == nil || n == nil {
+		return
+	}
+	fs.nodes.mu.Lock()
+	p, name := n.parent, n.name
+	fs.nodes.mu.Unlock()
+	if p != nil {
+		fs.prefetchDirty(p.id, name)
+	}
+}
+
+// prefetchDropParent drops the listing of n's parent (the host changed n).
 func (fs *qfs) prefetchDropParent(n *cnode) {
 	if fs.pf == nil || n == nil {
 		return
