@@ -35,8 +35,8 @@ type prefetcher struct {
 	mu       sync.Mutex
 	dirs     map[uint64]*listing // by directory cnode id
 	inflight map[uint64]bool
-	recent   map[uint64]time.Time // last prefetch start per directory
-	ver      map[uint64]uint64    // bumped by every drop: a listing started before is discarded
+	recent   map[uint64]time.Time       // last prefetch start per directory
+	ver      map[uint64]uint64          // bumped by every drop: a listing started before is discarded
 	pending  map[uint64]map[string]bool // names this client changed while a listing was in flight
 }
 
