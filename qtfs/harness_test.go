@@ -24,6 +24,7 @@ type testbed struct {
 	mux    *transport.Mux
 	m      *client.Mount
 
+	opts    tbOpts
 	amu     sync.Mutex
 	addr    transport.Address
 	hostSec transport.Security
@@ -37,6 +38,7 @@ type tbOpts struct {
 	exports  []server.Export // extra exports
 	tls      bool            // TCP+mTLS on 127.0.0.1 instead of a unix socket
 	ttl      time.Duration
+	noNotify bool
 }
 
 func newTestbedTTL(t *testing.T, ttl time.Duration) *testbed {
@@ -71,6 +73,7 @@ func newTestbed(t *testing.T, o tbOpts) *testbed {
 		tb.addr = transport.Address{Network: transport.NetworkTCP, Host: "127.0.0.1"}
 		tb.hostSec, tb.dpuSec = transport.HostSecurity(certs), transport.DPUSecurity(certs)
 	}
+	tb.opts = o
 	tb.startServer(o)
 	if o.cache == "" {
 		o.cache = client.CacheAuto
@@ -101,7 +104,7 @@ func (tb *testbed) dial(ctx context.Context) (net.Conn, error) {
 
 func (tb *testbed) startServer(o tbOpts) {
 	exports := append([]server.Export{{Name: "test", Path: tb.export, ReadOnly: o.readOnly}}, o.exports...)
-	srv, err := server.New(server.Config{Exports: exports})
+	srv, err := server.New(server.Config{Exports: exports, DisableNotify: o.noNotify})
 	if err != nil {
 		tb.t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -447,5 +448,53 @@ func TestHostPushInvalidation(t *testing.T) {
 			t.Fatalf("not invalidated with a 30s TTL: %q new=%v gone=%v mode=%v", b, errNew, errGone, fi.Mode())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestListingCacheCoherence: lookups answered from a directory listing never
+// hide a change for longer than the TTL, even without host notifications,
+// and never hide this client's own changes.
+func TestListingCacheCoherence(t *testing.T) {
+	tb := newTestbed(t, tbOpts{noNotify: true})
+	must(t, os.Mkdir(tb.host("d"), 0o755))
+	for i := 0; i < 50; i++ {
+		must(t, os.WriteFile(tb.host("d/f"+strconv.Itoa(i)), []byte("x"), 0o644))
+	}
+	os.Stat(tb.dpu("d/f0")) // miss: lists d in the background
+	time.Sleep(100 * time.Millisecond)
+
+	// Own changes show at once.
+	must(t, os.WriteFile(tb.dpu("d/f1"), []byte("longer content"), 0o644))
+	if fi, err := os.Stat(tb.dpu("d/f1")); err != nil || fi.Size() != 14 {
+		t.Fatalf("own write: %v %v", fi, err)
+	}
+	must(t, os.Remove(tb.dpu("d/f2")))
+	if _, err := os.Stat(tb.dpu("d/f2")); !os.IsNotExist(err) {
+		t.Fatalf("own unlink: %v", err)
+	}
+	must(t, os.WriteFile(tb.dpu("d/new"), nil, 0o600))
+	if _, err := os.Stat(tb.dpu("d/new")); err != nil {
+		t.Fatalf("own create: %v", err)
+	}
+
+	// Host changes show within the TTL (1s) plus a little.
+	must(t, os.WriteFile(tb.host("d/f3"), []byte("host grew this"), 0o644))
+	must(t, os.Remove(tb.host("d/f4")))
+	must(t, os.WriteFile(tb.host("d/hostnew"), nil, 0o644))
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for {
+		fi, err3 := os.Stat(tb.dpu("d/f3"))
+		_, err4 := os.Stat(tb.dpu("d/f4"))
+		_, errNew := os.Stat(tb.dpu("d/hostnew"))
+		if err3 == nil && fi.Size() == 14 && os.IsNotExist(err4) && errNew == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host changes hidden past the TTL: f3=%v/%v f4=%v hostnew=%v", fi, err3, err4, errNew)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if hits := tb.m.Session().Info().PrefetchHits; hits == 0 {
+		t.Fatal("no lookup was answered from a listing")
 	}
 }

@@ -39,7 +39,7 @@ func TestReconnectDuringRead(t *testing.T) {
 	restarted := make(chan struct{})
 	go func() {
 		time.Sleep(300 * time.Millisecond)
-		tb.startServer(tbOpts{})
+		tb.startServer(tb.opts)
 		close(restarted)
 	}()
 	// This read starts while the server is down and completes after the restart.
@@ -74,7 +74,7 @@ func TestReconnectDuringRead(t *testing.T) {
 	defer g.Close()
 	tb.stopServer()
 	must(t, os.Remove(tb.host("a/b/after")))
-	tb.startServer(tbOpts{})
+	tb.startServer(tb.opts)
 	if _, err := g.Read(buf); !errors.Is(err, syscall.ESTALE) {
 		t.Fatalf("read of a file removed during the outage: %v, want ESTALE", err)
 	}
@@ -94,7 +94,7 @@ func TestHostUnreachableEIO(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("took %v", d)
 	}
-	tb.startServer(tbOpts{})
+	tb.startServer(tb.opts)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if _, err := os.Stat(tb.dpu("f")); err == nil {

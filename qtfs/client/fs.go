@@ -301,15 +301,17 @@ func (fs *qfs) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 		return code
 	}
 	if fs.pf != nil {
-		switch e, epoch, res, neg := fs.prefetchTake(p, name); res {
+		switch e, epoch, res, left := fs.prefetchTake(p, name); res {
 		case prefetchFound:
 			fs.s.stats.prefetchHits.Add(1)
 			fs.entry(p, name, &e, epoch, out)
+			out.SetEntryTimeout(left)
+			out.SetAttrTimeout(left)
 			return fuse.OK
 		case prefetchNotFound:
 			fs.s.stats.prefetchHits.Add(1)
 			*out = fuse.EntryOut{}
-			out.SetEntryTimeout(neg)
+			out.SetEntryTimeout(left)
 			return fuse.OK
 		}
 		fs.prefetchStart(p)

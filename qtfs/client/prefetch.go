@@ -54,8 +54,9 @@ const (
 
 // prefetchTake answers a lookup from a fresh listing: an entry (removed from
 // the listing: its server reference now belongs to the node), or, from a
-// complete listing, that the name does not exist and for how long to cache
-// that.
+// complete listing, that the name does not exist. The duration is how long
+// the kernel may cache the answer: what is left of the listing's TTL, so
+// nothing is ever staler than one TTL.
 func (fs *qfs) prefetchTake(dir *cnode, name string) (qtfsv1.Entry, uint64, prefetchResult, time.Duration) {
 	p := fs.pf
 	p.mu.Lock()
@@ -77,7 +78,7 @@ func (fs *qfs) prefetchTake(dir *cnode, name string) (qtfsv1.Entry, uint64, pref
 		delete(l.ents, name)
 		// Taken once: a second lookup of the name goes to the server.
 		l.markDirty(name)
-		return e, l.epoch, prefetchFound, 0
+		return e, l.epoch, prefetchFound, fs.ttl - age
 	}
 	if l.complete {
 		return qtfsv1.Entry{}, 0, prefetchNotFound, fs.ttl - age
