@@ -2,6 +2,7 @@ package qtfs_test
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,6 +26,7 @@ type testbed struct {
 	m      *client.Mount
 
 	opts    tbOpts
+	px      *proxy
 	amu     sync.Mutex
 	addr    transport.Address
 	hostSec transport.Security
@@ -39,6 +41,7 @@ type tbOpts struct {
 	tls      bool            // TCP+mTLS on 127.0.0.1 instead of a unix socket
 	ttl      time.Duration
 	noNotify bool
+	proxy    bool // the client reaches the server through a proxy that can cut the link
 }
 
 func newTestbedTTL(t *testing.T, ttl time.Duration) *testbed {
@@ -78,8 +81,15 @@ func newTestbed(t *testing.T, o tbOpts) *testbed {
 	if o.cache == "" {
 		o.cache = client.CacheAuto
 	}
+	dial := tb.dial
+	if o.proxy {
+		tb.px = startProxy(t, filepath.Join(dir, "proxy.sock"), tb.sock)
+		dial = func(ctx context.Context) (net.Conn, error) {
+			return transport.Dial(ctx, transport.Address{Network: transport.NetworkUnix, Path: tb.px.path}, transport.Security{}, transport.ChannelQtfs)
+		}
+	}
 	m, err := client.NewMount(context.Background(), client.MountOptions{
-		SessionOptions: client.SessionOptions{Dial: tb.dial, Export: "test", Timeout: o.timeout},
+		SessionOptions: client.SessionOptions{Dial: dial, Export: "test", Timeout: o.timeout},
 		Mountpoint:     tb.mnt, Cache: o.cache, ControlDir: filepath.Join(dir, "ctl"), AllowOther: true, TTL: o.ttl,
 	})
 	if err != nil {
@@ -132,3 +142,49 @@ func (tb *testbed) stopServer() {
 // host and dpu paths of a name.
 func (tb *testbed) host(name string) string { return filepath.Join(tb.export, name) }
 func (tb *testbed) dpu(name string) string  { return filepath.Join(tb.mnt, name) }
+
+// proxy forwards unix connections byte for byte and can cut them all, as a
+// link drop would, while the server keeps running.
+type proxy struct {
+	path, target string
+	l            net.Listener
+	mu           sync.Mutex
+	conns        []net.Conn
+}
+
+func startProxy(t *testing.T, path, target string) *proxy {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{path: path, target: target, l: l}
+	t.Cleanup(func() { l.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("unix", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { io.Copy(u, c); u.Close() }()
+			go func() { io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}

@@ -128,3 +128,40 @@ func TestMTLS(t *testing.T) {
 		t.Fatal("plain TCP client was served by an mTLS server")
 	}
 }
+
+// TestLinkDropKeepsSession: the link drops but the server lives on; the
+// client reconnects into the same session (same generation), so open files
+// and node handles stay valid without re-resolving anything.
+func TestLinkDropKeepsSession(t *testing.T) {
+	tb := newTestbed(t, tbOpts{cache: client.CacheNone, proxy: true})
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	must(t, os.WriteFile(tb.host("f"), data, 0o644))
+	f, err := os.Open(tb.dpu("f"))
+	must(t, err)
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	got := make([]byte, 0, len(data))
+	n, err := io.ReadFull(f, buf)
+	must(t, err)
+	got = append(got, buf[:n]...)
+	before := tb.m.Session().Info()
+
+	tb.px.cut()
+	for {
+		n, err := f.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		must(t, err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("content differs across the link drop")
+	}
+	after := tb.m.Session().Info()
+	if after.Reconnects < 1 || after.Epoch != before.Epoch {
+		t.Fatalf("reconnects %d, epoch %d -> %d (want a reconnect into the same session)", after.Reconnects, before.Epoch, after.Epoch)
+	}
+	must(t, os.WriteFile(tb.dpu("g"), []byte("after"), 0o644))
+}
