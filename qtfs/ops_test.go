@@ -498,3 +498,57 @@ func TestListingCacheCoherence(t *testing.T) {
 		t.Fatal("no lookup was answered from a listing")
 	}
 }
+
+// TestLockWait: a blocked lock wait is granted when the holder lets go, and
+// a waiter that is interrupted by a signal returns instead of hanging.
+func TestLockWait(t *testing.T) {
+	tb := newTestbed(t, tbOpts{})
+	p := tb.dpu("lk")
+	must(t, os.WriteFile(p, nil, 0o644))
+	holder, err := os.Open(p)
+	must(t, err)
+	defer holder.Close()
+	must(t, unix.Flock(int(holder.Fd()), unix.LOCK_EX))
+
+	// Interrupted wait: a handled (non-fatal) signal interrupts the waiter,
+	// so the request must really stop waiting on the host.
+	start := time.Now()
+	script := `import fcntl, signal, sys
+def onalarm(sig, frame):
+    raise InterruptedError("interrupted")
+signal.signal(signal.SIGALRM, onalarm)
+f = open(sys.argv[1], "rb")
+signal.alarm(1)
+try:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    print("granted")
+except InterruptedError:
+    print("interrupted")
+`
+	out, err := exec.Command("python3", "-c", script, p).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "interrupted" {
+		t.Fatalf("interrupted waiter: %v %q", err, out)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("interrupted waiter took %v", d)
+	}
+
+	// Granted wait.
+	waiter := exec.Command("flock", "-x", p, "echo", "granted")
+	var wout bytes.Buffer
+	waiter.Stdout = &wout
+	must(t, waiter.Start())
+	time.Sleep(300 * time.Millisecond)
+	must(t, unix.Flock(int(holder.Fd()), unix.LOCK_UN))
+	done := make(chan error, 1)
+	go func() { done <- waiter.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil || !strings.Contains(wout.String(), "granted") {
+			t.Fatalf("waiter: %v %q", err, wout.String())
+		}
+	case <-time.After(10 * time.Second):
+		waiter.Process.Kill()
+		t.Fatal("waiter not granted after release")
+	}
+}

@@ -813,7 +813,7 @@ func (fs *qfs) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (
 	return uint32(rep.N), fuse.OK
 }
 
-func (fs *qfs) lock(op qtfsv1.Op, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
+func (fs *qfs) lock(cancel <-chan struct{}, op qtfsv1.Op, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
 	f, code := fs.file(in.Fh)
 	if !code.Ok() {
 		return code
@@ -823,7 +823,10 @@ func (fs *qfs) lock(op qtfsv1.Op, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
 	if op != qtfsv1.OpGetLk && in.LkFlags&fuse.FUSE_LK_FLOCK == 0 {
 		f.node.addLockOwner(in.Owner)
 	}
-	rep, fr, err := fs.s.call(nil, classControl, req, fs.withFh(req, f), op == qtfsv1.OpSetLkw)
+	if op != qtfsv1.OpSetLkw {
+		cancel = nil
+	}
+	rep, fr, err := fs.s.call(cancel, classControl, req, fs.withFh(req, f), false)
 	if err != nil {
 		return st(err)
 	}
@@ -838,15 +841,15 @@ func (fs *qfs) lock(op qtfsv1.Op, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
 }
 
 func (fs *qfs) GetLk(cancel <-chan struct{}, in *fuse.LkIn, out *fuse.LkOut) fuse.Status {
-	return fs.lock(qtfsv1.OpGetLk, in, out)
+	return fs.lock(nil, qtfsv1.OpGetLk, in, out)
 }
 
 func (fs *qfs) SetLk(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	return fs.lock(qtfsv1.OpSetLk, in, nil)
+	return fs.lock(nil, qtfsv1.OpSetLk, in, nil)
 }
 
 func (fs *qfs) SetLkw(cancel <-chan struct{}, in *fuse.LkIn) fuse.Status {
-	return fs.lock(qtfsv1.OpSetLkw, in, nil)
+	return fs.lock(cancel, qtfsv1.OpSetLkw, in, nil)
 }
 
 func (fs *qfs) readdir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {

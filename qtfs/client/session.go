@@ -261,7 +261,80 @@ func (s *Session) ReadOnly() bool {
 // never carries handles from an earlier server session). The returned frame
 // must be released when the reply's Data is no longer needed.
 func (s *Session) call(cancel <-chan struct{}, cls class, req *qtfsv1.Request, prep func(epoch uint64) error, noTimeout bool) (*qtfsv1.Reply, *frame, error) {
+	if cancel != nil {
+		return s.callInterruptible(cancel, cls, req, prep)
+	}
 	return s.callEpoch(0, cls, req, prep, noTimeout)
+}
+
+// callInterruptible is for requests that may wait indefinitely (setlkw):
+// when the caller is interrupted, the server is told to stop waiting, and
+// the reply (EINTR, or success if the lock was granted meanwhile) is returned.
+func (s *Session) callInterruptible(cancel <-chan struct{}, cls class, req *qtfsv1.Request, prep func(epoch uint64) error) (*qtfsv1.Reply, *frame, error) {
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, nil, syscall.EIO
+		}
+		conns, ready, epoch := s.conns, s.ready, s.epoch
+		s.mu.Unlock()
+		if conns == nil {
+			select {
+			case <-ready:
+				continue
+			case <-cancel:
+				return nil, nil, syscall.EINTR
+			case <-s.closedCh:
+				return nil, nil, syscall.EIO
+			}
+		}
+		if prep != nil {
+			if err := prep(epoch); err != nil {
+				if err == errConnLost {
+					continue
+				}
+				return nil, nil, err
+			}
+		}
+		c := conns[0]
+		id, ch, err := c.send(req, false)
+		if err == errConnLost {
+			continue
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		var f *frame
+		select {
+		case f = <-ch:
+		case <-cancel:
+			c.send(&qtfsv1.Request{Op: qtfsv1.OpInterrupt, Off: id}, true)
+			select {
+			case f = <-ch:
+			case <-s.closedCh:
+				return nil, nil, syscall.EIO
+			}
+		case <-s.closedCh:
+			return nil, nil, syscall.EIO
+		}
+		if f.err == errConnLost {
+			// The server dropped the wait with the connection.
+			select {
+			case <-cancel:
+				return nil, nil, syscall.EINTR
+			default:
+			}
+			continue
+		}
+		rep := new(qtfsv1.Reply)
+		if err := qtfsv1.DecodeReply(req.Op, f.payload, rep); err != nil || f.hdr.Op != req.Op {
+			f.Release()
+			c.fail(fmt.Errorf("malformed reply: %v", err))
+			return nil, nil, syscall.EIO
+		}
+		return rep, f, nil
+	}
 }
 
 // callEpoch is call pinned to one epoch (0: any): it fails with errConnLost

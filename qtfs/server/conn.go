@@ -24,6 +24,9 @@ type conn struct {
 	sess *session
 
 	wmu sync.Mutex
+
+	imu     sync.Mutex
+	waiters map[uint64]chan struct{} // setlkw requests by ID, closed on interrupt
 }
 
 var bigBufs = sync.Pool{New: func() any { b := make([]byte, qtfsv1.MaxPayload); return &b }}
@@ -78,10 +81,25 @@ func (c *conn) serve() {
 			c.sendErr(h, syscall.EPROTO)
 			return
 		}
+		if req.Op == qtfsv1.OpInterrupt {
+			c.interrupt(req.Off)
+			continue
+		}
+		var intr chan struct{}
+		if req.Op == qtfsv1.OpSetLkw {
+			intr = c.addWaiter(h.ID)
+		}
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem }()
-			rep, release := c.sess.handle(req)
+			var rep *qtfsv1.Reply
+			var release func()
+			if intr != nil {
+				rep, release = c.sess.handleInterruptible(req, intr)
+				c.dropWaiter(h.ID)
+			} else {
+				rep, release = c.sess.handle(req)
+			}
 			if bp != nil {
 				bigBufs.Put(bp)
 			}
@@ -239,5 +257,31 @@ func setBuffers(nc net.Conn) {
 	if b, ok := nc.(buffered); ok {
 		b.SetReadBuffer(socketBuffer)
 		b.SetWriteBuffer(socketBuffer)
+	}
+}
+
+func (c *conn) addWaiter(id uint64) chan struct{} {
+	c.imu.Lock()
+	defer c.imu.Unlock()
+	if c.waiters == nil {
+		c.waiters = map[uint64]chan struct{}{}
+	}
+	ch := make(chan struct{})
+	c.waiters[id] = ch
+	return ch
+}
+
+func (c *conn) dropWaiter(id uint64) {
+	c.imu.Lock()
+	defer c.imu.Unlock()
+	delete(c.waiters, id)
+}
+
+func (c *conn) interrupt(id uint64) {
+	c.imu.Lock()
+	defer c.imu.Unlock()
+	if ch, ok := c.waiters[id]; ok {
+		close(ch)
+		delete(c.waiters, id)
 	}
 }

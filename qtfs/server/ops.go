@@ -4,6 +4,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
@@ -41,6 +42,41 @@ func mutates(req *qtfsv1.Request) bool {
 		return req.Mode&unix.W_OK != 0
 	}
 	return false
+}
+
+// handleInterruptible runs a setlkw that stops waiting (EINTR) when intr
+// is closed by an interrupt from the client.
+func (ss *session) handleInterruptible(req *qtfsv1.Request, intr chan struct{}) (*qtfsv1.Reply, func()) {
+	ctxReq := *req
+	ctxReq.Op = qtfsv1.OpSetLkw
+	rep := &qtfsv1.Reply{}
+	if err := ss.lockWait(&ctxReq, intr); err != nil {
+		return &qtfsv1.Reply{Errno: uint32(errno(err))}, nil
+	}
+	return rep, nil
+}
+
+// lockWait takes a lock, retrying a non-blocking attempt with backoff until it
+// is granted or the request is interrupted. (A blocking F_OFD_SETLKW could not
+// be interrupted from another goroutine.)
+func (ss *session) lockWait(req *qtfsv1.Request, intr chan struct{}) error {
+	delay := time.Millisecond
+	try := *req
+	try.Op = qtfsv1.OpSetLk
+	for {
+		err := ss.lock(&try, &qtfsv1.Reply{})
+		if err != syscall.EAGAIN && err != syscall.EWOULDBLOCK {
+			return err
+		}
+		select {
+		case <-intr:
+			return syscall.EINTR
+		case <-time.After(delay):
+		}
+		if delay < 50*time.Millisecond {
+			delay *= 2
+		}
+	}
 }
 
 // handle runs one request. release, if not nil, must be called once the

@@ -77,6 +77,7 @@ var reqLayout = [opMax][]field{
 	OpSetLkw:           {fFh, fOwner, fLock, fFlags},
 	OpNotifyInvalEntry: {fNode, fName},
 	OpNotifyInvalInode: {fNode, fOff, fLen},
+	OpInterrupt:        {fOff},
 }
 
 // replyLayout lists, per opcode, the fields of a successful reply.

@@ -50,6 +50,7 @@ const (
 	OpSetLkw
 	OpNotifyInvalEntry // server → client: drop a cached name in a directory
 	OpNotifyInvalInode // server → client: drop cached attributes (and data) of a node
+	OpInterrupt        // client → server, one-way: stop waiting in request Off (setlkw) with EINTR
 
 	opMax
 )
@@ -58,7 +59,7 @@ var opNames = [...]string{"", "hello", "ping", "lookup", "forget", "getattr", "s
 	"mknod", "mkdir", "unlink", "rmdir", "rename", "link", "open", "create", "read", "write", "release", "flush",
 	"fsync", "opendir", "readdir", "releasedir", "statfs", "setxattr", "getxattr", "listxattr", "removexattr",
 	"access", "fallocate", "lseek", "copy_file_range", "getlk", "setlk", "setlkw", "notify_inval_entry",
-	"notify_inval_inode"}
+	"notify_inval_inode", "interrupt"}
 
 // Valid reports whether op is a known opcode.
 func (op Op) Valid() bool { return op >= OpHello && op < opMax }
