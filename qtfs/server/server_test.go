@@ -139,6 +139,20 @@ func TestEscapeRefused(t *testing.T) {
 		if e := c.errno(&qtfsv1.Request{Op: qtfsv1.OpSetAttr, Node: n, Valid: fattrSize, Len: 0}); e == 0 {
 			t.Errorf("truncate through symlink %s succeeded", l)
 		}
+		// Times, owner and xattrs of a symlink node change the link itself,
+		// never its target.
+		c.errno(&qtfsv1.Request{Op: qtfsv1.OpSetAttr, Node: n, Valid: fattrAtime | fattrMtime | fattrUID,
+			Atime: qtfsv1.Timespec{Sec: 5}, Mtime: qtfsv1.Timespec{Sec: 5}, Uid: 4321})
+		c.errno(&qtfsv1.Request{Op: qtfsv1.OpSetXattr, Node: n, Name: "trusted.planted", Data: []byte("1")})
+	}
+	var st unix.Stat_t
+	for _, p := range []string{outside, filepath.Join(outside, "secret")} {
+		if err := unix.Stat(p, &st); err != nil || st.Mtim.Sec == 5 || st.Uid == 4321 {
+			t.Errorf("%s changed through a symlink node: %+v %v", p, st, err)
+		}
+		if _, err := unix.Getxattr(p, "trusted.planted", make([]byte, 8)); err != unix.ENODATA {
+			t.Errorf("%s got an xattr through a symlink node: %v", p, err)
+		}
 	}
 	// Create over a symlink name does not follow it.
 	if e := c.errno(&qtfsv1.Request{Op: qtfsv1.OpCreate, Node: root, Name: "abs-link", Mode: 0o644, Flags: unix.O_RDWR | unix.O_TRUNC}); e == 0 {
