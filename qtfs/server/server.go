@@ -9,7 +9,6 @@
 package server
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -245,5 +244,3 @@ func randUint64() uint64 {
 	}
 	return binary.LittleEndian.Uint64(b[:]) | 1
 }
-
-var _ = context.Background

@@ -6,7 +6,6 @@
 package qtfs_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -174,5 +173,3 @@ func contains(t *testing.T, out, want string) {
 		t.Fatalf("output %q does not contain %q", out, want)
 	}
 }
-
-var _ = bytes.Equal
