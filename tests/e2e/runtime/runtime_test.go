@@ -403,4 +403,3 @@ func TestParallel20(t *testing.T) {
 		}
 	})
 }
-
