@@ -117,3 +117,14 @@ func TestConfigFromOptions(t *testing.T) {
 		t.Errorf("foreign options: %v", err)
 	}
 }
+
+// The example shipped in contrib parses with the strict parser.
+func TestContribShimConfigParses(t *testing.T) {
+	c, err := LoadConfigFile("../contrib/containerd/shim.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AgentAddress == "" || c.TLS.CertFile == "" || c.Timeouts.StdioDrain.D() != 5*time.Second {
+		t.Errorf("contrib shim.toml: %+v", c)
+	}
+}
