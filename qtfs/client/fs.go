@@ -301,18 +301,25 @@ func (fs *qfs) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 		return code
 	}
 	if fs.pf != nil {
-		switch e, epoch, res, left := fs.prefetchTake(p, name); res {
-		case prefetchFound:
-			fs.s.stats.prefetchHits.Add(1)
-			fs.entry(p, name, &e, epoch, out)
-			out.SetEntryTimeout(left)
-			out.SetAttrTimeout(left)
-			return fuse.OK
-		case prefetchNotFound:
-			fs.s.stats.prefetchHits.Add(1)
-			*out = fuse.EntryOut{}
-			out.SetEntryTimeout(left)
-			return fuse.OK
+		for try := 0; try < 2; try++ {
+			switch e, epoch, res, left := fs.prefetchTake(p, name); res {
+			case prefetchFound:
+				fs.s.stats.prefetchHits.Add(1)
+				fs.entry(p, name, &e, epoch, out)
+				out.SetEntryTimeout(left)
+				out.SetAttrTimeout(left)
+				return fuse.OK
+			case prefetchNotFound:
+				fs.s.stats.prefetchHits.Add(1)
+				*out = fuse.EntryOut{}
+				out.SetEntryTimeout(left)
+				return fuse.OK
+			}
+			// A listing on its way answers this lookup sooner than a round
+			// trip of its own would (the lookup that started it goes ahead).
+			if try > 0 || !fs.prefetchWait(p) {
+				break
+			}
 		}
 		fs.prefetchStart(p)
 	}

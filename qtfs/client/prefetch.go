@@ -33,15 +33,15 @@ type listing struct {
 
 type prefetcher struct {
 	mu       sync.Mutex
-	dirs     map[uint64]*listing // by directory cnode id
-	inflight map[uint64]bool
+	dirs     map[uint64]*listing        // by directory cnode id
+	inflight map[uint64]chan struct{}   // closed when the listing lands
 	recent   map[uint64]time.Time       // last prefetch start per directory
 	ver      map[uint64]uint64          // bumped by every drop: a listing started before is discarded
 	pending  map[uint64]map[string]bool // names this client changed while a listing was in flight
 }
 
 func newPrefetcher() *prefetcher {
-	return &prefetcher{dirs: map[uint64]*listing{}, inflight: map[uint64]bool{}, recent: map[uint64]time.Time{}, ver: map[uint64]uint64{}, pending: map[uint64]map[string]bool{}}
+	return &prefetcher{dirs: map[uint64]*listing{}, inflight: map[uint64]chan struct{}{}, recent: map[uint64]time.Time{}, ver: map[uint64]uint64{}, pending: map[uint64]map[string]bool{}}
 }
 
 type prefetchResult int
@@ -101,7 +101,7 @@ func (fs *qfs) prefetchDirty(dirID uint64, names ...string) {
 	}
 	p := fs.pf
 	p.mu.Lock()
-	if p.inflight[dirID] {
+	if p.inflight[dirID] != nil {
 		pd := p.pending[dirID]
 		if pd == nil {
 			pd = map[string]bool{}
@@ -132,15 +132,15 @@ func (fs *qfs) prefetchDirty(dirID uint64, names ...string) {
 func (fs *qfs) prefetchStart(dir *cnode) {
 	p := fs.pf
 	p.mu.Lock()
-	if p.inflight[dir.id] || time.Since(p.recent[dir.id]) < fs.ttl {
+	if p.inflight[dir.id] != nil || time.Since(p.recent[dir.id]) < fs.ttl {
 		p.mu.Unlock()
 		return
 	}
-	p.inflight[dir.id] = true
+	p.inflight[dir.id] = make(chan struct{})
 	p.recent[dir.id] = time.Now()
 	if len(p.recent) > 4096 {
 		for id, t := range p.recent {
-			if time.Since(t) >= fs.ttl && !p.inflight[id] {
+			if time.Since(t) >= fs.ttl && p.inflight[id] == nil {
 				delete(p.recent, id)
 				delete(p.ver, id)
 			}
@@ -156,6 +156,9 @@ func (fs *qfs) prefetch(dir *cnode, ver uint64) {
 	ents, complete, epoch := fs.listDir(dir)
 	p := fs.pf
 	p.mu.Lock()
+	if ch := p.inflight[dir.id]; ch != nil {
+		defer close(ch)
+	}
 	delete(p.inflight, dir.id)
 	dirty := p.pending[dir.id]
 	delete(p.pending, dir.id)
@@ -284,5 +287,29 @@ func (fs *qfs) prefetchDropParent(n *cnode) {
 	fs.nodes.mu.Unlock()
 	if p != nil {
 		fs.prefetchDrop(p.id)
+	}
+}
+
+// maxListingWait bounds how long a lookup waits for a listing of its
+// directory that is already on its way, rather than asking the host itself.
+const maxListingWait = 20 * time.Millisecond
+
+// prefetchWait waits (briefly) for an in-flight listing of dir; it reports
+// whether there was one.
+func (fs *qfs) prefetchWait(dir *cnode) bool {
+	p := fs.pf
+	p.mu.Lock()
+	ch := p.inflight[dir.id]
+	p.mu.Unlock()
+	if ch == nil {
+		return false
+	}
+	t := time.NewTimer(maxListingWait)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
 	}
 }
