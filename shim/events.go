@@ -3,10 +3,12 @@ package shim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/core/runtime"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
@@ -42,7 +44,11 @@ func (s *service) receiveEvents(link *agentLink, stream runtimev1.Agent_EventsCl
 		s.lastSeq = ev.Seq
 		s.linkMu.Unlock()
 
-		id := eventContainerID(ev)
+		v, id, err := decodeAgentEvent(ev)
+		if err != nil {
+			log.G(ctx).WithError(err).WithFields(log.Fields{"topic": ev.Topic, "seq": ev.Seq}).Warn("ignoring agent event")
+			continue
+		}
 		s.mu.Lock()
 		c := s.containers[id]
 		s.mu.Unlock()
@@ -50,7 +56,7 @@ func (s *service) receiveEvents(link *agentLink, stream runtimev1.Agent_EventsCl
 			log.G(ctx).WithFields(log.Fields{"topic": ev.Topic, "id": id, "seq": ev.Seq}).Debug("agent event for a container this shim does not hold")
 			continue
 		}
-		c.events.push(ev)
+		c.events.push(v)
 	}
 }
 
@@ -86,31 +92,44 @@ func (s *service) resubscribe() {
 	}
 }
 
-func eventContainerID(ev *runtimev1.Event) string {
+// decodeAgentEvent decodes an event from the agent's stream: a TaskExit on
+// /tasks/exit or a TaskOOM on /tasks/oom, naming a container. Anything else
+// is an error (the bytes come from the other side of the wire).
+func decodeAgentEvent(ev *runtimev1.Event) (any, string, error) {
+	if ev.GetEvent() == nil {
+		return nil, "", errors.New("event without payload")
+	}
 	v, err := typeurl.UnmarshalAny(ev.Event)
 	if err != nil {
-		return ""
+		return nil, "", fmt.Errorf("decode %s: %w", ev.Event.GetTypeUrl(), err)
 	}
+	var id string
 	switch e := v.(type) {
 	case *eventstypes.TaskExit:
-		return e.ContainerID
+		if ev.Topic != runtime.TaskExitEventTopic {
+			return nil, "", fmt.Errorf("TaskExit on topic %q", ev.Topic)
+		}
+		id = e.ContainerID
 	case *eventstypes.TaskOOM:
-		return e.ContainerID
+		if ev.Topic != runtime.TaskOOMEventTopic {
+			return nil, "", fmt.Errorf("TaskOOM on topic %q", ev.Topic)
+		}
+		id = e.ContainerID
+	default:
+		return nil, "", fmt.Errorf("unexpected event type %T on %q", v, ev.Topic)
 	}
-	return ""
+	if id == "" {
+		return nil, "", errors.New("event without container id")
+	}
+	return v, id, nil
 }
 
 // handleEvents publishes one container's agent events in order.
 func (s *service) handleEvents(c *container) {
 	for {
-		ev, ok := c.events.pop()
+		v, ok := c.events.pop()
 		if !ok {
 			return
-		}
-		v, err := typeurl.UnmarshalAny(ev.Event)
-		if err != nil {
-			log.G(s.ctx).WithError(err).WithField("topic", ev.Topic).Warn("undecodable agent event")
-			continue
 		}
 		switch e := v.(type) {
 		case *eventstypes.TaskOOM:
@@ -122,8 +141,6 @@ func (s *service) handleEvents(c *container) {
 			}
 		case *eventstypes.TaskExit:
 			s.handleExit(c, e)
-		default:
-			log.G(s.ctx).WithField("topic", ev.Topic).Debug("ignoring agent event")
 		}
 	}
 }

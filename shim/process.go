@@ -178,7 +178,7 @@ func (c *container) process(execID string) *process {
 type eventQueue struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
-	items  []*runtimev1.Event
+	items  []any // *events.TaskExit, *events.TaskOOM
 	closed bool
 }
 
@@ -188,7 +188,7 @@ func newEventQueue() *eventQueue {
 	return q
 }
 
-func (q *eventQueue) push(e *runtimev1.Event) {
+func (q *eventQueue) push(e any) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
@@ -199,7 +199,7 @@ func (q *eventQueue) push(e *runtimev1.Event) {
 }
 
 // pop blocks for the next event; false once the queue is closed.
-func (q *eventQueue) pop() (*runtimev1.Event, bool) {
+func (q *eventQueue) pop() (any, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.items) == 0 && !q.closed {

@@ -6,8 +6,11 @@ import (
 	"net/url"
 	"testing"
 
+	eventstypes "github.com/containerd/containerd/api/events"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	runtimev1 "github.com/dpu-offload/offload/api/runtime/v1"
 )
@@ -159,6 +162,35 @@ func FuzzReadAttachResponse(f *testing.F) {
 		}
 		if consumed > 4+maxAttachFrame {
 			t.Fatalf("read %d bytes, past any frame", consumed)
+		}
+	})
+}
+
+// FuzzDecodeAgentEvent feeds arbitrary payloads "from the agent" to the event
+// decoder: an error or a TaskExit/TaskOOM naming a container, never a panic.
+func FuzzDecodeAgentEvent(f *testing.F) {
+	exit, _ := typeurl.MarshalAnyToProto(&eventstypes.TaskExit{ContainerID: "c1", ID: "c1", Pid: 7, ExitStatus: 137})
+	oom, _ := typeurl.MarshalAnyToProto(&eventstypes.TaskOOM{ContainerID: "c1"})
+	start, _ := typeurl.MarshalAnyToProto(&eventstypes.TaskStart{ContainerID: "c1"})
+	f.Add("/tasks/exit", exit.TypeUrl, exit.Value)
+	f.Add("/tasks/oom", oom.TypeUrl, oom.Value)
+	f.Add("/tasks/start", start.TypeUrl, start.Value)
+	f.Add("/tasks/oom", exit.TypeUrl, exit.Value)
+	f.Add("/tasks/exit", exit.TypeUrl, []byte{0x0a, 0xff, 0x01})
+	f.Add("", "", []byte(nil))
+	f.Fuzz(func(t *testing.T, topic, typeURL string, value []byte) {
+		ev := &runtimev1.Event{Topic: topic, Event: &anypb.Any{TypeUrl: typeURL, Value: value}}
+		v, id, err := decodeAgentEvent(ev)
+		if err != nil {
+			return
+		}
+		if id == "" {
+			t.Fatal("accepted an event without container id")
+		}
+		switch v.(type) {
+		case *eventstypes.TaskExit, *eventstypes.TaskOOM:
+		default:
+			t.Fatalf("accepted %T", v)
 		}
 	})
 }
