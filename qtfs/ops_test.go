@@ -463,6 +463,11 @@ func TestListingCacheCoherence(t *testing.T) {
 	os.Stat(tb.dpu("d/f0")) // miss: lists d in the background
 	time.Sleep(100 * time.Millisecond)
 
+	// A listing never answers for a name the host would reject.
+	if _, err := os.Stat(tb.dpu("d/" + strings.Repeat("n", 256))); !errors.Is(err, syscall.ENAMETOOLONG) {
+		t.Fatalf("256-byte name: %v, want ENAMETOOLONG", err)
+	}
+
 	// Own changes show at once.
 	must(t, os.WriteFile(tb.dpu("d/f1"), []byte("longer content"), 0o644))
 	if fi, err := os.Stat(tb.dpu("d/f1")); err != nil || fi.Size() != 14 {

@@ -300,6 +300,9 @@ func (fs *qfs) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 	if !code.Ok() {
 		return code
 	}
+	if len(name) > 255 {
+		return fuse.Status(syscall.ENAMETOOLONG) // as the host would say; never from a listing
+	}
 	if fs.pf != nil {
 		for try := 0; try < 2; try++ {
 			switch e, epoch, res, left := fs.prefetchTake(p, name); res {
