@@ -41,6 +41,8 @@ type fakeAgent struct {
 	onStart func(p *fakeProc)
 	// killErr, when set, is returned by Kill.
 	killErr error
+	// forced counts Delete calls with force.
+	forced int
 }
 
 type fakeProc struct {
@@ -197,6 +199,9 @@ func (a *fakeAgent) Start(ctx context.Context, r *runtimev1.ProcessRef) (*runtim
 func (a *fakeAgent) Delete(ctx context.Context, r *runtimev1.DeleteRequest) (*runtimev1.DeleteResponse, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if r.Force {
+		a.forced++
+	}
 	p := a.procs[procKey(r.Process)]
 	if p == nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %s", errdefs.ErrNotFound, procKey(r.Process)))

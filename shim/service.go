@@ -394,6 +394,11 @@ func (s *service) delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		p.relay.close(ctx)
 	}
 	if r.ExecID == "" {
+		// Nothing is left on the host: containerd's `delete` call that
+		// follows every shim disconnect need not dial the agent.
+		if err := os.Remove(filepath.Join(c.bundle, bundleConfigName)); err != nil && !os.IsNotExist(err) {
+			log.G(ctx).WithError(err).Warn("remove bundle config copy")
+		}
 		s.removeContainer(c)
 		s.send(&eventstypes.TaskDelete{ContainerID: c.id, Pid: dresp.Pid, ExitStatus: dresp.ExitStatus, ExitedAt: dresp.ExitedAt})
 	} else {

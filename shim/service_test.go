@@ -21,6 +21,7 @@ import (
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	cshim "github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/shutdown"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -212,6 +213,9 @@ func TestExitWaitsForStdoutDrain(t *testing.T) {
 	}
 	if _, err := h.svc.Delete(h.ctx, &taskAPI.DeleteRequest{ID: "c1"}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(b, bundleConfigName)); !os.IsNotExist(err) {
+		t.Errorf("bundle config copy still there after delete: %v", err)
 	}
 	want := []string{"create", "start", "exit:c1", "delete"}
 	if got := h.rec.waitFor(t, 4); fmt.Sprint(got) != fmt.Sprint(want) {
@@ -520,5 +524,47 @@ func TestStaleEventsNotReplayed(t *testing.T) {
 	want := []string{"create", "start", "exit:c6"}
 	if got := h.rec.waitFor(t, 3); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("events %v, want %v", got, want)
+	}
+}
+
+// TestManagerStop is `containerd-shim-offload-v1 delete` after the shim died:
+// it force-deletes the host container through the agent named in the bundle.
+func TestManagerStop(t *testing.T) {
+	a := newFakeAgent(t)
+	bundle := filepath.Join(t.TempDir(), "c9")
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ctx := namespaces.WithNamespace(context.Background(), testNS)
+	ctx = context.WithValue(ctx, cshim.OptsKey{}, cshim.Opts{BundlePath: bundle})
+	m := NewManager(RuntimeName)
+
+	// No config copy: Create never reached the agent (or Delete went
+	// through the shim): nothing to do, no connection.
+	st, err := m.Stop(ctx, "c9")
+	if err != nil || st.ExitStatus != 137 {
+		t.Fatalf("stop without config: %+v %v", st, err)
+	}
+
+	p := a.newProc(&runtimev1.ProcessRef{Namespace: testNS, ContainerId: "c9"}, &runtimev1.StdioConfig{})
+	cfg := &Config{AgentAddress: a.addr}
+	cfg.setDefaults()
+	b, _ := cfg.Marshal()
+	if err := os.WriteFile(filepath.Join(bundle, bundleConfigName), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err = m.Stop(ctx, "c9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.forced != 1 {
+		t.Errorf("%d forced deletes, want 1", a.forced)
+	}
+	if st.Pid != int(p.pid) || a.proc(testNS, "c9", "") != nil {
+		t.Errorf("stop: %+v; host container still there: %v", st, a.proc(testNS, "c9", "") != nil)
+	}
+	// Again: the agent says NotFound, delete still succeeds.
+	if st, err := m.Stop(ctx, "c9"); err != nil || st.ExitStatus != 137 {
+		t.Errorf("second stop: %+v %v", st, err)
 	}
 }
