@@ -30,6 +30,7 @@ var bed struct {
 	certs  string
 	addr   string
 	rw, ro string // exported host directories
+	ctd    string // exported at the same path the DPU mounts it (containerd snapshots)
 	log    string
 	server *exec.Cmd
 	done   chan struct{}
@@ -54,6 +55,9 @@ func TestMain(m *testing.M) {
 	}
 	stopServer()
 	os.RemoveAll(bed.dir)
+	if bed.ctd != "" {
+		os.RemoveAll(bed.ctd)
+	}
 	os.Exit(code)
 }
 
@@ -81,6 +85,13 @@ func setup() error {
 		}
 		os.Chmod(d, 0o777)
 	}
+	// /var/lib is private to each side, so the DPU can mount the export at
+	// the host's own path: the overlay mounts containerd computes are then
+	// valid on the host.
+	bed.ctd = "/var/lib/qtfs-e2e-snapshots-" + filepath.Base(bed.dir)
+	if err := os.MkdirAll(bed.ctd, 0o711); err != nil {
+		return err
+	}
 	bed.addr = "tcp://" + testbed.HostIP + ":" + port
 	bed.log = filepath.Join(bed.dir, "serve.log")
 	return startServer()
@@ -92,7 +103,7 @@ func startServer() error {
 		return err
 	}
 	bed.server = testbed.HostCommand(context.Background(), bed.qtfs, "serve", "--listen", bed.addr,
-		"--tls-dir", bed.certs, "--export", "rw="+bed.rw, "--export", "ro="+bed.ro+":ro")
+		"--tls-dir", bed.certs, "--export", "rw="+bed.rw, "--export", "ro="+bed.ro+":ro", "--export", "ctd="+bed.ctd)
 	bed.server.Stdout, bed.server.Stderr = lf, lf
 	if err := bed.server.Start(); err != nil {
 		lf.Close()
