@@ -42,6 +42,8 @@ type qfs struct {
 	notes chan note
 
 	pf *prefetcher // nil unless entries are cached (CacheAuto) and readdirplus is available
+
+	dirAttrs dirAttrCache
 }
 
 type cfile struct {
@@ -291,6 +293,7 @@ func (fs *qfs) entryCall(parent *cnode, name string, req *qtfsv1.Request, out *f
 		return code
 	}
 	f.Release()
+	fs.noteParent(parent, rep, epoch)
 	fs.entry(parent, name, &rep.Entry, epoch, out)
 	return fuse.OK
 }
@@ -352,6 +355,13 @@ func (fs *qfs) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Att
 	if in.Flags()&fuse.FUSE_GETATTR_FH != 0 {
 		f, _ = fs.file(in.Fh())
 	}
+	if f == nil && n.isDir {
+		if a, left, ok := fs.takeDirAttr(n.id); ok {
+			fillAttr(&out.Attr, &a)
+			out.SetTimeout(left)
+			return fuse.OK
+		}
+	}
 	req := &qtfsv1.Request{Op: qtfsv1.OpGetAttr}
 	rep, fr, code := fs.rpc(classControl, req, func(e uint64) error {
 		if err := fs.withNodes(req, n, nil)(e); err != nil {
@@ -379,6 +389,7 @@ func (fs *qfs) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Att
 		return code
 	}
 	fs.prefetchDirtyNode(n)
+	fs.dropDirAttr(n.id)
 	req := &qtfsv1.Request{Op: qtfsv1.OpSetAttr, Valid: in.Valid, Mode: in.Mode, Uid: in.Uid, Gid: in.Gid,
 		Len: in.Size, Atime: qtfsv1.Timespec{Sec: int64(in.Atime), Nsec: in.Atimensec},
 		Mtime: qtfsv1.Timespec{Sec: int64(in.Mtime), Nsec: in.Mtimensec}, Caller: caller(&in.InHeader)}
@@ -443,11 +454,16 @@ func (fs *qfs) remove(op qtfsv1.Op, h *fuse.InHeader, name string) fuse.Status {
 	}
 	fs.prefetchDirty(p.id, name)
 	req := &qtfsv1.Request{Op: op, Name: name}
-	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, p, nil))
+	var epoch uint64
+	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
+		epoch = e
+		return fs.withNodes(req, p, nil)(e)
+	})
 	if !code.Ok() {
 		return code
 	}
 	f.Release()
+	fs.noteParent(p, rep, epoch)
 	fs.nodes.unlinked(p, name)
 	return fuse.OK
 }
@@ -471,6 +487,8 @@ func (fs *qfs) Rename(cancel <-chan struct{}, in *fuse.RenameIn, oldName, newNam
 	}
 	fs.prefetchDirty(op.id, oldName)
 	fs.prefetchDirty(np.id, newName)
+	fs.dropDirAttr(op.id)
+	fs.dropDirAttr(np.id)
 	req := &qtfsv1.Request{Op: qtfsv1.OpRename, Name: oldName, Name2: newName, Flags: in.Flags}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, op, np))
 	if !code.Ok() {
@@ -502,6 +520,7 @@ func (fs *qfs) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *f
 		return code
 	}
 	f.Release()
+	fs.noteParent(p, rep, epoch)
 	fs.entry(p, name, &rep.Entry, epoch, out)
 	return fuse.OK
 }
@@ -574,6 +593,7 @@ func (fs *qfs) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string
 		return code
 	}
 	fs.prefetchDirtyNode(n)
+	fs.dropDirAttr(n.id)
 	req := &qtfsv1.Request{Op: qtfsv1.OpSetXattr, Name: attr, Flags: in.Flags, Data: data}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, n, nil))
 	if code.Ok() {
@@ -623,6 +643,7 @@ func (fs *qfs) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, ou
 		return code
 	}
 	f.Release()
+	fs.noteParent(p, rep, epoch)
 	fs.entry(p, name, &rep.Entry, epoch, &out.EntryOut)
 	n := fs.nodes.get(out.NodeId)
 	out.Fh = fs.addFile(&cfile{node: n, flags: in.Flags, srv: rep.Fh, epoch: epoch})
@@ -962,9 +983,11 @@ func (fs *qfs) notifyLoop() {
 		switch nt.req.Op {
 		case qtfsv1.OpNotifyInvalEntry:
 			fs.prefetchDrop(n.id)
+			fs.dropDirAttr(n.id)
 			srv.EntryNotify(n.id, nt.req.Name)
 		case qtfsv1.OpNotifyInvalInode:
 			fs.prefetchDropParent(n)
+			fs.dropDirAttr(n.id)
 			srv.InodeNotify(n.id, int64(nt.req.Off), int64(nt.req.Len))
 		}
 	}

@@ -44,6 +44,25 @@ func mutates(req *qtfsv1.Request) bool {
 	return false
 }
 
+// parentAttr fills in the changed directory's attributes for the ops whose
+// reply carries them, so the client need not ask for them right after.
+func (ss *session) parentAttr(req *qtfsv1.Request, rep *qtfsv1.Reply) {
+	dir := req.Node
+	switch req.Op {
+	case qtfsv1.OpCreate, qtfsv1.OpMkdir, qtfsv1.OpMknod, qtfsv1.OpSymlink, qtfsv1.OpUnlink, qtfsv1.OpRmdir:
+	case qtfsv1.OpLink:
+		dir = req.Node2
+	default:
+		return
+	}
+	if p, err := ss.dirNode(dir); err == nil {
+		var st unix.Stat_t
+		if unix.Fstat(p.fd, &st) == nil {
+			rep.Parent = toAttr(&st)
+		}
+	}
+}
+
 // handleInterruptible runs a setlkw that stops waiting (EINTR) when intr
 // is closed by an interrupt from the client.
 func (ss *session) handleInterruptible(req *qtfsv1.Request, intr chan struct{}) (*qtfsv1.Reply, func()) {
@@ -94,6 +113,9 @@ func (ss *session) handle(req *qtfsv1.Request) (rep *qtfsv1.Reply, release func(
 		err = syscall.EROFS
 	} else {
 		release, err = ss.dispatch(req, rep)
+	}
+	if err == nil {
+		ss.parentAttr(req, rep)
 	}
 	if err != nil {
 		if release != nil {

@@ -35,6 +35,7 @@ const (
 	fStatfs
 	fDirents
 	fHelloReply
+	fParent
 )
 
 // reqLayout lists, per opcode, the request fields in wire order.
@@ -88,15 +89,15 @@ var replyLayout = [opMax][]field{
 	OpGetAttr:       {fAttr},
 	OpSetAttr:       {fAttr},
 	OpReadlink:      {fData},
-	OpSymlink:       {fEntry},
-	OpMknod:         {fEntry},
-	OpMkdir:         {fEntry},
-	OpUnlink:        {},
-	OpRmdir:         {},
+	OpSymlink:       {fEntry, fParent},
+	OpMknod:         {fEntry, fParent},
+	OpMkdir:         {fEntry, fParent},
+	OpUnlink:        {fParent},
+	OpRmdir:         {fParent},
 	OpRename:        {},
-	OpLink:          {fEntry},
+	OpLink:          {fEntry, fParent},
 	OpOpen:          {fFh},
-	OpCreate:        {fEntry, fFh},
+	OpCreate:        {fEntry, fFh, fParent},
 	OpRead:          {fData},
 	OpWrite:         {fN},
 	OpRelease:       {},
@@ -344,6 +345,8 @@ func EncodeReply(b []byte, op Op, r *Reply) (body, data []byte, err error) {
 			putAttr(&e, &r.Entry.Attr)
 		case fAttr:
 			putAttr(&e, &r.Attr)
+		case fParent:
+			putAttr(&e, &r.Parent)
 		case fFh:
 			e.U64(r.Fh)
 		case fN:
@@ -423,6 +426,8 @@ func DecodeReply(op Op, b []byte, r *Reply) error {
 			getAttr(&d, &r.Entry.Attr)
 		case fAttr:
 			getAttr(&d, &r.Attr)
+		case fParent:
+			getAttr(&d, &r.Parent)
 		case fFh:
 			r.Fh = d.U64()
 		case fN:

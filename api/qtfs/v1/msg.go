@@ -207,4 +207,7 @@ type Reply struct {
 	Dirents []Dirent
 	Data    []byte // always last on the wire
 	Hello   HelloReply
+	// Parent is the directory's attributes after an operation that changed
+	// it (create, mkdir, mknod, symlink, link, unlink, rmdir).
+	Parent Attr
 }

@@ -160,6 +160,7 @@ func mount(t *testing.T, export string, extra ...string) string {
 		if r, err := testbed.DPU(ctx, bed.qtfs, "umount", mnt); err != nil || r.ExitCode != 0 {
 			testbed.DPU(ctx, bed.qtfs, "umount", "--lazy", mnt)
 		}
+		testbed.DPU(ctx, "rmdir", mnt, "/run/qtfs-e2e")
 	})
 	return mnt
 }
