@@ -24,8 +24,10 @@ import (
 func TestContainerdSnapshotterOnQtfs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
 	defer cancel()
-	snaps := bed.ctd // same path on both sides
-	run := "/run/qtfs-e2e-ctd"
+	snaps := bed.ctd             // same path on both sides
+	id := filepath.Base(bed.dir) // unique per run: concurrent runs do not meet
+	run := "/run/" + id + "-ctd"
+	local := "/var/lib/" + id + "-ctd-local"
 	sock := run + "/containerd.sock"
 	testbed.MustDPU(t, "mkdir", "-p", snaps, run)
 	testbed.MustDPU(t, bed.qtfs, "mount", "--daemon", "--tls-dir", bed.certs, bed.addr, "ctd", snaps)
@@ -35,11 +37,11 @@ func TestContainerdSnapshotterOnQtfs(t *testing.T) {
 		if r, err := testbed.DPU(c, bed.qtfs, "umount", snaps); err != nil || r.ExitCode != 0 {
 			testbed.DPU(c, bed.qtfs, "umount", "--lazy", snaps)
 		}
-		testbed.DPU(c, "rm", "-rf", run, "/var/lib/qtfs-e2e-ctd-local")
+		testbed.DPU(c, "rm", "-rf", run, local)
 	})
 
 	cfg := fmt.Sprintf(`version = 3
-root = "/var/lib/qtfs-e2e-ctd-local"
+root = "%s"
 state = "%s/state"
 disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.nri.v1.nri"]
 
@@ -51,7 +53,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 
 [plugins.'io.containerd.snapshotter.v1.overlayfs']
   root_path = "%s/overlayfs"
-`, run, sock, run, snaps)
+`, local, run, sock, run, snaps)
 	testbed.MustDPU(t, "sh", "-c", "cat > "+run+"/config.toml <<'EOF'\n"+cfg+"EOF")
 	ctd := testbed.DPUCommand(ctx, "containerd", "--config", run+"/config.toml")
 	logf, _ := os.Create(filepath.Join(bed.dir, "containerd.log"))
@@ -109,7 +111,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 	}
 	script := "set -e; mount -t overlay overlay -o " + m[1] + " " + rootfs + "; " +
 		"cd " + bundle + " && runc spec && sed -i 's/\"terminal\": true/\"terminal\": false/; s/\"sh\"/\"sh\", \"-c\", \"echo qtfs-snapshot-ok; ls \\/\"/' config.json && " +
-		"runc run qtfs-e2e-ctd; rc=$?; umount " + rootfs + "; exit $rc"
+		"runc run " + id + "-ctd; rc=$?; umount " + rootfs + "; exit $rc"
 	host := exec.CommandContext(ctx, testbed.Script(), "host", "--", "sh", "-c", script)
 	res, err := host.CombinedOutput()
 	if err != nil || !strings.Contains(string(res), "qtfs-snapshot-ok") {

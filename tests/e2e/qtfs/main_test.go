@@ -8,9 +8,11 @@ package qtfs_test
 import (
 	"context"
 	"fmt"
+	mrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,7 +22,9 @@ import (
 	"github.com/dpu-offload/offload/tests/testbed"
 )
 
-const port = "7643"
+// port is chosen at random per run (see setup), so concurrent runs of this
+// suite do not meet each other's server.
+var port string
 
 // bed is set up by TestMain. Its directory is under /var/tmp, which both
 // sides see at the same path (the exports live there, on the host).
@@ -92,15 +96,26 @@ func setup() error {
 	if err := os.MkdirAll(bed.ctd, 0o711); err != nil {
 		return err
 	}
-	bed.addr = "tcp://" + testbed.HostIP + ":" + port
 	bed.log = filepath.Join(bed.dir, "serve.log")
-	return startServer()
+	var err2 error
+	for try := 0; try < 5; try++ {
+		port = strconv.Itoa(20000 + mrand.IntN(20000))
+		bed.addr = "tcp://" + testbed.HostIP + ":" + port
+		if err2 = startServer(); err2 == nil {
+			return nil
+		}
+	}
+	return err2
 }
 
 func startServer() error {
 	lf, err := os.OpenFile(bed.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
+	}
+	var logStart int64
+	if fi, err := lf.Stat(); err == nil {
+		logStart = fi.Size()
 	}
 	bed.server = testbed.HostCommand(context.Background(), bed.qtfs, "serve", "--listen", bed.addr,
 		"--tls-dir", bed.certs, "--export", "rw="+bed.rw, "--export", "ro="+bed.ro+":ro", "--export", "ctd="+bed.ctd)
@@ -111,23 +126,22 @@ func startServer() error {
 	}
 	bed.done = make(chan struct{})
 	go func(c *exec.Cmd, done chan struct{}) { c.Wait(); lf.Close(); close(done) }(bed.server, bed.done)
-	// Wait until it listens.
+	// Wait until it listens: it logs "qtfs: serving" once the listener is up.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		r, err := testbed.Host(context.Background(), "ss", "-Hltn", "sport = :"+port)
-		if err == nil && r.ExitCode == 0 && strings.Contains(r.Stdout, port) {
+		b, _ := os.ReadFile(bed.log)
+		if int64(len(b)) > logStart && strings.Contains(string(b[logStart:]), "qtfs: serving") {
 			return nil
 		}
 		select {
 		case <-bed.done:
-			b, _ := os.ReadFile(bed.log)
-			return fmt.Errorf("qtfs serve exited: %s", b)
+			return fmt.Errorf("qtfs serve exited: %s", b[min(int64(len(b)), logStart):])
 		default:
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("qtfs serve not listening on %s", bed.addr)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -149,7 +163,7 @@ func stopServer() {
 // private /run and returns it; the mount is removed when the test ends.
 func mount(t *testing.T, export string, extra ...string) string {
 	t.Helper()
-	mnt := "/run/qtfs-e2e/" + strings.ReplaceAll(t.Name(), "/", "_")
+	mnt := "/run/" + filepath.Base(bed.dir) + "/" + strings.ReplaceAll(t.Name(), "/", "_")
 	args := append([]string{bed.qtfs, "mount", "--daemon", "--allow-other", "--tls-dir", bed.certs}, extra...)
 	args = append(args, bed.addr, export, mnt)
 	testbed.MustDPU(t, "mkdir", "-p", mnt)
@@ -160,7 +174,7 @@ func mount(t *testing.T, export string, extra ...string) string {
 		if r, err := testbed.DPU(ctx, bed.qtfs, "umount", mnt); err != nil || r.ExitCode != 0 {
 			testbed.DPU(ctx, bed.qtfs, "umount", "--lazy", mnt)
 		}
-		testbed.DPU(ctx, "rmdir", mnt, "/run/qtfs-e2e")
+		testbed.DPU(ctx, "rmdir", mnt, filepath.Dir(mnt))
 	})
 	return mnt
 }

@@ -125,11 +125,12 @@ func TestServerRestartDuringRead(t *testing.T) {
 func TestOverlayLayersOnQtfsRunOnHost(t *testing.T) {
 	mnt := mount(t, "rw")
 	base := mnt + "/ovl"
-	dpuSh(t, "set -e; mkdir -p "+base+"/lower/bin "+base+"/lower/etc/sub "+base+"/upper "+base+"/work /run/qtfs-e2e/merged; "+
+	merged := "/run/" + filepath.Base(bed.dir) + "-merged"
+	dpuSh(t, "set -e; mkdir -p "+base+"/lower/bin "+base+"/lower/etc/sub "+base+"/upper "+base+"/work "+merged+"; "+
 		"cp /bin/busybox "+base+"/lower/bin/busybox; echo lower > "+base+"/lower/etc/gone; echo inner > "+base+"/lower/etc/sub/inner; "+
-		"mount -t overlay overlay -o lowerdir="+base+"/lower,upperdir="+base+"/upper,workdir="+base+"/work /run/qtfs-e2e/merged; "+
-		"rm /run/qtfs-e2e/merged/etc/gone; rm -r /run/qtfs-e2e/merged/etc/sub; mkdir /run/qtfs-e2e/merged/etc/sub; "+
-		"echo upper > /run/qtfs-e2e/merged/etc/sub/new; echo qtfs-overlay-ok > /run/qtfs-e2e/merged/etc/msg; umount /run/qtfs-e2e/merged")
+		"mount -t overlay overlay -o lowerdir="+base+"/lower,upperdir="+base+"/upper,workdir="+base+"/work "+merged+"; "+
+		"rm "+merged+"/etc/gone; rm -r "+merged+"/etc/sub; mkdir "+merged+"/etc/sub; "+
+		"echo upper > "+merged+"/etc/sub/new; echo qtfs-overlay-ok > "+merged+"/etc/msg; umount "+merged+"")
 
 	hb := filepath.Join(bed.rw, "ovl")
 	bundle := filepath.Join(bed.dir, "bundle")
@@ -137,7 +138,7 @@ func TestOverlayLayersOnQtfsRunOnHost(t *testing.T) {
 	os.MkdirAll(rootfs, 0o755)
 	script := "set -e; mount -t overlay overlay -o lowerdir=" + hb + "/lower,upperdir=" + hb + "/upper,workdir=" + hb + "/work " + rootfs + "; " +
 		"cd " + bundle + " && runc spec && sed -i 's/\"terminal\": true/\"terminal\": false/; s/\"sh\"/\"\\/bin\\/busybox\", \"sh\", \"-c\", \"cat \\/etc\\/msg; ls \\/etc; ls \\/etc\\/sub\"/' config.json && " +
-		"runc run qtfs-e2e-ovl; rc=$?; umount " + rootfs + "; exit $rc"
+		"runc run " + filepath.Base(bed.dir) + "-ovl; rc=$?; umount " + rootfs + "; exit $rc"
 	out := testbed.MustHost(t, "sh", "-c", script)
 	contains(t, out, "qtfs-overlay-ok")
 	if strings.Contains(out, "gone") || strings.Contains(out, "inner") || !strings.Contains(out, "new") {
