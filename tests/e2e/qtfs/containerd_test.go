@@ -38,6 +38,7 @@ func TestContainerdSnapshotterOnQtfs(t *testing.T) {
 			testbed.DPU(c, bed.qtfs, "umount", "--lazy", snaps)
 		}
 		testbed.DPU(c, "rm", "-rf", run, local)
+		testbed.DPU(c, "rmdir", snaps)
 	})
 
 	cfg := fmt.Sprintf(`version = 3

@@ -3,6 +3,7 @@
 package qtfs_test
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -126,6 +127,7 @@ func TestOverlayLayersOnQtfsRunOnHost(t *testing.T) {
 	mnt := mount(t, "rw")
 	base := mnt + "/ovl"
 	merged := "/run/" + filepath.Base(bed.dir) + "-merged"
+	t.Cleanup(func() { testbed.DPU(context.Background(), "rmdir", merged) })
 	dpuSh(t, "set -e; mkdir -p "+base+"/lower/bin "+base+"/lower/etc/sub "+base+"/upper "+base+"/work "+merged+"; "+
 		"cp /bin/busybox "+base+"/lower/bin/busybox; echo lower > "+base+"/lower/etc/gone; echo inner > "+base+"/lower/etc/sub/inner; "+
 		"mount -t overlay overlay -o lowerdir="+base+"/lower,upperdir="+base+"/upper,workdir="+base+"/work "+merged+"; "+
