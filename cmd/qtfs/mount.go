@@ -37,6 +37,7 @@ var mountCommand = &cli.Command{
 		&cli.IntFlag{Name: "data-conns", Value: 2, Usage: "connections for read/write data besides the control connection"},
 		&cli.BoolFlag{Name: "allow-other", Usage: "let other users access the mount"},
 		&cli.BoolFlag{Name: "daemon", Usage: "detach once mounted"},
+		&cli.StringFlag{Name: "log-file", Usage: "with --daemon: append the daemon's log here (default: discarded)"},
 		&cli.BoolFlag{Name: "debug", Usage: "log every FUSE request"},
 		&cli.StringFlag{Name: "control-dir", Value: client.DefaultControlDir, Usage: "directory of the per-mount control sockets (qtfs info)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn, error"},
@@ -60,7 +61,7 @@ func runMount(c *cli.Context) error {
 		return err
 	}
 	if c.Bool("daemon") && os.Getenv(readyFdEnv) == "" {
-		return daemonize()
+		return daemonize(c.String("log-file"))
 	}
 	opts := client.MountOptions{
 		SessionOptions: client.SessionOptions{
@@ -102,7 +103,7 @@ func runMount(c *cli.Context) error {
 
 // daemonize re-runs this command detached and returns once the child reports
 // that the mount is up (or why it failed).
-func daemonize() error {
+func daemonize(logFile string) error {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return err
@@ -121,6 +122,14 @@ func daemonize() error {
 	cmd.Env = append(os.Environ(), readyFdEnv+"=3")
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	if logFile != "" {
+		lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("log file: %w", err)
+		}
+		defer lf.Close()
+		cmd.Stdout, cmd.Stderr = lf, lf
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		w.Close()
