@@ -42,6 +42,7 @@ type tbOpts struct {
 	ttl      time.Duration
 	noNotify bool
 	proxy    bool // the client reaches the server through a proxy that can cut the link
+	heldDirs int  // server.Config.MaxHeldDirs
 }
 
 func newTestbedTTL(t *testing.T, ttl time.Duration) *testbed {
@@ -114,7 +115,7 @@ func (tb *testbed) dial(ctx context.Context) (net.Conn, error) {
 
 func (tb *testbed) startServer(o tbOpts) {
 	exports := append([]server.Export{{Name: "test", Path: tb.export, ReadOnly: o.readOnly}}, o.exports...)
-	srv, err := server.New(server.Config{Exports: exports, DisableNotify: o.noNotify})
+	srv, err := server.New(server.Config{Exports: exports, DisableNotify: o.noNotify, MaxHeldDirs: o.heldDirs})
 	if err != nil {
 		tb.t.Fatal(err)
 	}

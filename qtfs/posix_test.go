@@ -10,8 +10,13 @@ import (
 
 // TestPosix runs go-fuse's POSIX cases against a qtfs mount, each in a fresh
 // directory.
-func TestPosix(t *testing.T) {
-	tb := newTestbed(t, tbOpts{})
+func TestPosix(t *testing.T) { runPosix(t, newTestbed(t, tbOpts{})) }
+
+// TestPosixDirsByHandle runs the same cases with the server holding no
+// directory open (each is opened from its file handle per operation).
+func TestPosixDirsByHandle(t *testing.T) { runPosix(t, newTestbed(t, tbOpts{heldDirs: 1})) }
+
+func runPosix(t *testing.T, tb *testbed) {
 	for name, fn := range posixtest.All {
 		t.Run(name, func(t *testing.T) {
 			if name == "FcntlFlockLocksFile" {

@@ -66,10 +66,12 @@ func (ss *session) enableNotify() {
 }
 
 func (w *watcher) add(n *node) {
-	if n.fd < 0 {
+	fd, done, err := w.ss.dirFd(n)
+	if err != nil {
 		return
 	}
-	wd, err := unix.InotifyAddWatch(w.fd, procPath(n.fd), watchMask)
+	wd, err := unix.InotifyAddWatch(w.fd, procPath(fd), watchMask)
+	done()
 	if err != nil {
 		return // e.g. watch limit reached: this directory relies on the TTL
 	}
@@ -197,7 +199,13 @@ func (w *watcher) event(wd int, mask uint32, name string) {
 	// Attributes or data of a child: tell the client about the child's node
 	// if it holds one.
 	var st unix.Stat_t
-	if dir.fd < 0 || unix.Fstatat(dir.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+	dfd, done, err := w.ss.dirFd(dir)
+	if err != nil {
+		return
+	}
+	err = unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	done()
+	if err != nil {
 		return
 	}
 	key := devIno{st.Dev, st.Ino}

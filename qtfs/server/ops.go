@@ -55,11 +55,12 @@ func (ss *session) parentAttr(req *qtfsv1.Request, rep *qtfsv1.Reply) {
 	default:
 		return
 	}
-	if p, err := ss.dirNode(dir); err == nil {
+	if _, fd, done, err := ss.dirAt(dir); err == nil {
 		var st unix.Stat_t
-		if unix.Fstat(p.fd, &st) == nil {
+		if unix.Fstat(fd, &st) == nil {
 			rep.Parent = toAttr(&st)
 		}
+		done()
 	}
 }
 
@@ -136,11 +137,12 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 		}
 		return nil, nil
 	case qtfsv1.OpLookup:
-		p, err := ss.dirNode(req.Node)
+		_, pfd, done, err := ss.dirAt(req.Node)
 		if err != nil {
 			return nil, err
 		}
-		rep.Entry, err = ss.lookup(p.fd, req.Name)
+		defer done()
+		rep.Entry, err = ss.lookup(pfd, req.Name)
 		return nil, err
 	case qtfsv1.OpGetAttr:
 		return nil, ss.getattr(req, &rep.Attr)
@@ -151,10 +153,11 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 	case qtfsv1.OpSymlink, qtfsv1.OpMknod, qtfsv1.OpMkdir:
 		return nil, ss.makeNode(req, &rep.Entry)
 	case qtfsv1.OpUnlink, qtfsv1.OpRmdir:
-		p, err := ss.dirNode(req.Node)
+		p, pfd, done, err := ss.dirAt(req.Node)
 		if err != nil {
 			return nil, err
 		}
+		defer done()
 		if err := validName(req.Name); err != nil {
 			return nil, err
 		}
@@ -163,7 +166,7 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 		if req.Op == qtfsv1.OpRmdir {
 			flags = unix.AT_REMOVEDIR
 		}
-		return nil, unix.Unlinkat(p.fd, req.Name, flags)
+		return nil, unix.Unlinkat(pfd, req.Name, flags)
 	case qtfsv1.OpRename:
 		return nil, ss.rename(req)
 	case qtfsv1.OpLink:
@@ -214,11 +217,12 @@ func (ss *session) dispatch(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), err
 		}
 		return nil, unix.Fsync(fd)
 	case qtfsv1.OpOpenDir:
-		n, err := ss.dirNode(req.Node)
+		n, nfd, done, err := ss.dirAt(req.Node)
 		if err != nil {
 			return nil, err
 		}
-		fd, err := unix.Openat(n.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Openat(nfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		done()
 		if err != nil {
 			return nil, err
 		}
@@ -461,10 +465,11 @@ func (ss *session) ownNew(parentFd int, fd int, typ uint32, mode uint32, c qtfsv
 }
 
 func (ss *session) makeNode(req *qtfsv1.Request, out *qtfsv1.Entry) error {
-	p, err := ss.dirNode(req.Node)
+	p, pfd, done, err := ss.dirAt(req.Node)
 	if err != nil {
 		return err
 	}
+	defer done()
 	if err := validName(req.Name); err != nil {
 		return err
 	}
@@ -477,10 +482,10 @@ func (ss *session) makeNode(req *qtfsv1.Request, out *qtfsv1.Entry) error {
 			return syscall.EINVAL
 		}
 		// The target is stored, never followed by the server.
-		err = unix.Symlinkat(req.Name2, p.fd, req.Name)
+		err = unix.Symlinkat(req.Name2, pfd, req.Name)
 	case qtfsv1.OpMkdir:
 		typ = unix.S_IFDIR
-		err = unix.Mkdirat(p.fd, req.Name, 0o700)
+		err = unix.Mkdirat(pfd, req.Name, 0o700)
 	case qtfsv1.OpMknod:
 		typ = req.Mode & unix.S_IFMT
 		switch typ {
@@ -494,18 +499,18 @@ func (ss *session) makeNode(req *qtfsv1.Request, out *qtfsv1.Entry) error {
 		default:
 			return syscall.EINVAL
 		}
-		err = unix.Mknodat(p.fd, req.Name, typ|0o600, int(req.Rdev))
+		err = unix.Mknodat(pfd, req.Name, typ|0o600, int(req.Rdev))
 	}
 	if err != nil {
 		return err
 	}
-	fd, err := openBeneath(p.fd, req.Name, unix.O_PATH, 0)
+	fd, err := openBeneath(pfd, req.Name, unix.O_PATH, 0)
 	if err != nil {
 		return err
 	}
-	if err := ss.ownNew(p.fd, fd, typ, req.Mode, req.Caller); err != nil {
+	if err := ss.ownNew(pfd, fd, typ, req.Mode, req.Caller); err != nil {
 		unix.Close(fd)
-		unix.Unlinkat(p.fd, req.Name, map[bool]int{true: unix.AT_REMOVEDIR}[typ == unix.S_IFDIR])
+		unix.Unlinkat(pfd, req.Name, map[bool]int{true: unix.AT_REMOVEDIR}[typ == unix.S_IFDIR])
 		return err
 	}
 	return ss.adoptFd(fd, out)
@@ -535,14 +540,16 @@ func containsNUL(s string) bool {
 }
 
 func (ss *session) rename(req *qtfsv1.Request) error {
-	op, err := ss.dirNode(req.Node)
+	op, ofd, odone, err := ss.dirAt(req.Node)
 	if err != nil {
 		return err
 	}
-	np, err := ss.dirNode(req.Node2)
+	defer odone()
+	np, nfd, ndone, err := ss.dirAt(req.Node2)
 	if err != nil {
 		return err
 	}
+	defer ndone()
 	if err := validName(req.Name); err != nil {
 		return err
 	}
@@ -555,7 +562,7 @@ func (ss *session) rename(req *qtfsv1.Request) error {
 	w := ss.watch.Load()
 	w.markEntry(op.id, req.Name)
 	w.markEntry(np.id, req.Name2)
-	return unix.Renameat2(op.fd, req.Name, np.fd, req.Name2, uint(req.Flags))
+	return unix.Renameat2(ofd, req.Name, nfd, req.Name2, uint(req.Flags))
 }
 
 func (ss *session) link(req *qtfsv1.Request, out *qtfsv1.Entry) error {
@@ -563,10 +570,11 @@ func (ss *session) link(req *qtfsv1.Request, out *qtfsv1.Entry) error {
 	if err != nil {
 		return err
 	}
-	np, err := ss.dirNode(req.Node2)
+	np, npfd, npdone, err := ss.dirAt(req.Node2)
 	if err != nil {
 		return err
 	}
+	defer npdone()
 	if err := validName(req.Name); err != nil {
 		return err
 	}
@@ -581,13 +589,13 @@ func (ss *session) link(req *qtfsv1.Request, out *qtfsv1.Entry) error {
 	}
 	ss.watch.Load().markEntry(np.id, req.Name)
 	ss.watch.Load().markIno(n.key)
-	err = unix.Linkat(fd, "", np.fd, req.Name, unix.AT_EMPTY_PATH)
+	err = unix.Linkat(fd, "", npfd, req.Name, unix.AT_EMPTY_PATH)
 	done()
 	if err != nil {
 		return err
 	}
 	out.Node = 0
-	e, err := ss.lookup(np.fd, req.Name)
+	e, err := ss.lookup(npfd, req.Name)
 	*out = e
 	return err
 }
@@ -613,16 +621,17 @@ func (ss *session) open(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 }
 
 func (ss *session) create(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
-	p, err := ss.dirNode(req.Node)
+	p, pfd, done, err := ss.dirAt(req.Node)
 	if err != nil {
 		return err
 	}
+	defer done()
 	flags := int(req.Flags) &^ (unix.O_DIRECT | unix.O_NOCTTY)
 	ss.watch.Load().markEntry(p.id, req.Name)
-	fd, err := openBeneath(p.fd, req.Name, flags|unix.O_CREAT|unix.O_EXCL, 0o600)
+	fd, err := openBeneath(pfd, req.Name, flags|unix.O_CREAT|unix.O_EXCL, 0o600)
 	created := err == nil
 	if err == syscall.EEXIST && flags&unix.O_EXCL == 0 {
-		fd, err = openBeneath(p.fd, req.Name, flags&^unix.O_CREAT, 0)
+		fd, err = openBeneath(pfd, req.Name, flags&^unix.O_CREAT, 0)
 	}
 	if err != nil {
 		return err
@@ -637,9 +646,9 @@ func (ss *session) create(req *qtfsv1.Request, rep *qtfsv1.Reply) error {
 		return syscall.EISDIR
 	}
 	if created {
-		if err := ss.ownNewFd(p.fd, fd, req.Mode, req.Caller); err != nil {
+		if err := ss.ownNewFd(pfd, fd, req.Mode, req.Caller); err != nil {
 			unix.Close(fd)
-			unix.Unlinkat(p.fd, req.Name, 0)
+			unix.Unlinkat(pfd, req.Name, 0)
 			return err
 		}
 		st.Uid, st.Gid, st.Mode = 0, 0, 0

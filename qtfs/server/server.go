@@ -16,6 +16,7 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -41,6 +42,11 @@ type Config struct {
 	SessionGraceSeconds int `toml:"session_grace_seconds"`
 	// DisableNotify turns off inotify-driven cache invalidation pushes.
 	DisableNotify bool `toml:"disable_notify"`
+	// MaxHeldDirs bounds the directories held open (O_PATH) across all
+	// sessions (default 8192); beyond it directory nodes are kept as file
+	// handles and opened per operation, so a DPU caching many directories
+	// cannot exhaust the process's file descriptors.
+	MaxHeldDirs int `toml:"max_held_dirs"`
 }
 
 // Server serves exports on any number of listeners.
@@ -54,6 +60,8 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
 	closed    bool
+
+	heldDirs atomic.Int64 // directory O_PATH fds held by nodes
 }
 
 type export struct {
@@ -78,6 +86,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.grace <= 0 {
 		s.grace = 60 * time.Second
+	}
+	if s.cfg.MaxHeldDirs <= 0 {
+		s.cfg.MaxHeldDirs = 8192
 	}
 	for _, e := range cfg.Exports {
 		if e.Name == "" || len(e.Name) > 255 {

@@ -21,6 +21,7 @@ type node struct {
 	key    devIno
 	mode   uint32 // S_IFMT bits
 	fd     int    // O_PATH fd or -1
+	held   bool   // fd is a directory fd counted in Server.heldDirs
 	handle unix.FileHandle
 	refs   uint64 // lookups the client holds
 	wd     int    // inotify watch of a directory, or -1
@@ -153,7 +154,11 @@ func (ss *session) destroy() {
 	}
 	for _, n := range nodes {
 		n.dropLocks(0, 0)
-		n.closeFd()
+		if n != ss.root {
+			ss.release(n)
+		} else {
+			n.closeFd()
+		}
 	}
 }
 
@@ -175,15 +180,36 @@ func (ss *session) node(id uint64) (*node, error) {
 	return n, nil
 }
 
-func (ss *session) dirNode(id uint64) (*node, error) {
+// dirAt returns a directory node and an fd of it for *at calls; done
+// releases the fd (a no-op for directories held open).
+func (ss *session) dirAt(id uint64) (*node, int, func(), error) {
 	n, err := ss.node(id)
 	if err != nil {
-		return nil, err
+		return nil, -1, nil, err
 	}
-	if !n.isDir() || n.fd < 0 {
-		return nil, syscall.ENOTDIR
+	fd, done, err := ss.dirFd(n)
+	if err != nil {
+		return nil, -1, nil, err
 	}
-	return n, nil
+	return n, fd, done, nil
+}
+
+// dirFd returns an O_PATH fd of directory node n.
+func (ss *session) dirFd(n *node) (int, func(), error) {
+	if !n.isDir() {
+		return -1, nil, syscall.ENOTDIR
+	}
+	if n.fd >= 0 {
+		return n.fd, func() {}, nil
+	}
+	fd, err := unix.OpenByHandleAt(ss.exp.mountFd, n.handle, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		if err == unix.ESTALE {
+			err = syscall.ENOENT
+		}
+		return -1, nil, err
+	}
+	return fd, func() { unix.Close(fd) }, nil
 }
 
 // adopt registers the inode behind fd (an O_PATH fd of a freshly resolved
@@ -226,7 +252,15 @@ func (ss *session) adopt(fd int, st *unix.Stat_t) (*node, error) {
 	}
 
 	n := &node{key: key, mode: st.Mode & unix.S_IFMT, fd: fd, wd: -1}
-	if !n.isDir() && ss.exp.mountID >= 0 {
+	keepDir := false
+	if n.isDir() {
+		if ss.srv.heldDirs.Add(1) <= int64(ss.srv.cfg.MaxHeldDirs) || ss.exp.mountID < 0 {
+			keepDir, n.held = true, true
+		} else {
+			ss.srv.heldDirs.Add(-1)
+		}
+	}
+	if !keepDir && ss.exp.mountID >= 0 {
 		if !haveH {
 			if hh, mid, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH); err == nil && mid == ss.exp.mountID {
 				h, haveH = hh, true
@@ -236,18 +270,21 @@ func (ss *session) adopt(fd int, st *unix.Stat_t) (*node, error) {
 			n.handle = h
 			unix.Close(fd)
 			n.fd = -1
+		} else if n.isDir() {
+			ss.srv.heldDirs.Add(1) // no handle: the fd must stay
+			n.held = true
 		}
 	}
 
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.dead {
-		n.closeFd()
+		ss.release(n)
 		return nil, syscall.ESTALE
 	}
 	if cur := ss.byKey[key]; cur != nil && cur != old { // raced with another lookup
 		cur.refs++
-		n.closeFd()
+		ss.release(n)
 		return cur, nil
 	}
 	n.id = ss.nextID
@@ -298,6 +335,15 @@ func (n *node) closeFd() {
 	}
 }
 
+// release closes n's fd and returns its slot in the held-directory count.
+func (ss *session) release(n *node) {
+	if n.held {
+		ss.srv.heldDirs.Add(-1)
+		n.held = false
+	}
+	n.closeFd()
+}
+
 func (ss *session) forget(id, count uint64) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -313,7 +359,7 @@ func (ss *session) forget(id, count uint64) {
 		if w := ss.watch.Load(); w != nil && n.wd >= 0 {
 			w.remove(n)
 		}
-		n.closeFd()
+		ss.release(n)
 		return
 	}
 	n.refs -= count

@@ -71,7 +71,12 @@ func (ss *session) reopen(n *node, flags int) (int, error) {
 	switch n.mode {
 	case unix.S_IFREG:
 	case unix.S_IFDIR:
-		return unix.Openat(n.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		dfd, done, err := ss.dirFd(n)
+		if err != nil {
+			return -1, err
+		}
+		defer done()
+		return unix.Openat(dfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	case unix.S_IFLNK:
 		return -1, syscall.ELOOP
 	default:
