@@ -482,6 +482,13 @@ func TestListingCacheCoherence(t *testing.T) {
 		t.Fatalf("own create: %v", err)
 	}
 
+	// A name the host creates is found by the next lookup at once, listing
+	// or not (no notifications in this test).
+	must(t, os.WriteFile(tb.host("d/fresh"), nil, 0o644))
+	if _, err := os.Stat(tb.dpu("d/fresh")); err != nil {
+		t.Fatalf("new host file not found right away: %v", err)
+	}
+
 	// Host changes show within the TTL (1s) plus a little.
 	must(t, os.WriteFile(tb.host("d/f3"), []byte("host grew this"), 0o644))
 	must(t, os.Remove(tb.host("d/f4")))

@@ -315,11 +315,6 @@ func (fs *qfs) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 				out.SetEntryTimeout(left)
 				out.SetAttrTimeout(left)
 				return fuse.OK
-			case prefetchNotFound:
-				fs.s.stats.prefetchHits.Add(1)
-				*out = fuse.EntryOut{}
-				out.SetEntryTimeout(left)
-				return fuse.OK
 			}
 			// A listing on its way answers this lookup sooner than a round
 			// trip of its own would (the lookup that started it goes ahead).

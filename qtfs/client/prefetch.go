@@ -25,10 +25,7 @@ type listing struct {
 	at    time.Time
 	epoch uint64
 	ents  map[string]qtfsv1.Entry
-	// complete: the listing holds every name of the directory, so a name
-	// not in ents (and not dirty) does not exist.
-	complete bool
-	dirty    map[string]bool // names this client changed since the listing
+	dirty map[string]bool // names this client changed since the listing
 }
 
 type prefetcher struct {
@@ -46,17 +43,19 @@ func newPrefetcher() *prefetcher {
 
 type prefetchResult int
 
+// A listing only ever answers with entries it holds: a name it lacks may
+// have been created on the host a moment ago, and a lookup of a name never
+// seen before must find it (only the kernel's own negative entries, for names
+// it has asked about, are cached).
 const (
-	prefetchMiss     prefetchResult = iota // ask the server
-	prefetchFound                          // entry returned
-	prefetchNotFound                       // the name does not exist (for the returned time)
+	prefetchMiss  prefetchResult = iota // ask the server
+	prefetchFound                       // entry returned
 )
 
-// prefetchTake answers a lookup from a fresh listing: an entry (removed from
-// the listing: its server reference now belongs to the node), or, from a
-// complete listing, that the name does not exist. The duration is how long
-// the kernel may cache the answer: what is left of the listing's TTL, so
-// nothing is ever staler than one TTL.
+// prefetchTake answers a lookup from a fresh listing with an entry (removed
+// from the listing: its server reference now belongs to the node). The
+// duration is how long the kernel may cache the answer: what is left of the
+// listing's TTL, so nothing is ever staler than one TTL.
 func (fs *qfs) prefetchTake(dir *cnode, name string) (qtfsv1.Entry, uint64, prefetchResult, time.Duration) {
 	p := fs.pf
 	p.mu.Lock()
@@ -79,9 +78,6 @@ func (fs *qfs) prefetchTake(dir *cnode, name string) (qtfsv1.Entry, uint64, pref
 		// Taken once: a second lookup of the name goes to the server.
 		l.markDirty(name)
 		return e, l.epoch, prefetchFound, fs.ttl - age
-	}
-	if l.complete {
-		return qtfsv1.Entry{}, 0, prefetchNotFound, fs.ttl - age
 	}
 	return qtfsv1.Entry{}, 0, prefetchMiss, 0
 }
@@ -153,7 +149,7 @@ func (fs *qfs) prefetchStart(dir *cnode) {
 
 func (fs *qfs) prefetch(dir *cnode, ver uint64) {
 	start := time.Now()
-	ents, complete, epoch := fs.listDir(dir)
+	ents, epoch := fs.listDir(dir)
 	p := fs.pf
 	p.mu.Lock()
 	if ch := p.inflight[dir.id]; ch != nil {
@@ -172,7 +168,7 @@ func (fs *qfs) prefetch(dir *cnode, ver uint64) {
 		fs.forgetListing(&listing{epoch: epoch, ents: ents})
 		return
 	}
-	l := &listing{at: start, epoch: epoch, ents: ents, complete: complete, dirty: dirty}
+	l := &listing{at: start, epoch: epoch, ents: ents, dirty: dirty}
 	var stale []qtfsv1.Entry
 	for name := range dirty {
 		if e, ok := ents[name]; ok {
@@ -203,7 +199,7 @@ func (fs *qfs) prefetch(dir *cnode, ver uint64) {
 }
 
 // listDir reads one readdirplus reply of dir.
-func (fs *qfs) listDir(dir *cnode) (map[string]qtfsv1.Entry, bool, uint64) {
+func (fs *qfs) listDir(dir *cnode) (map[string]qtfsv1.Entry, uint64) {
 	var epoch uint64
 	open := &qtfsv1.Request{Op: qtfsv1.OpOpenDir}
 	rep, f, code := fs.rpc(classControl, open, func(e uint64) error {
@@ -211,33 +207,27 @@ func (fs *qfs) listDir(dir *cnode) (map[string]qtfsv1.Entry, bool, uint64) {
 		return fs.withNodes(open, dir, nil)(e)
 	})
 	if !code.Ok() {
-		return nil, false, 0
+		return nil, 0
 	}
 	f.Release()
 	fh := rep.Fh
-	complete := false
 	rep, f, err := fs.s.callEpoch(epoch, classControl, &qtfsv1.Request{Op: qtfsv1.OpReadDir, Fh: fh, Len: maxPrefetch, Flags: 1}, nil, false)
 	var ents map[string]qtfsv1.Entry
 	if err == nil {
 		if rep.Errno == 0 {
 			ents = make(map[string]qtfsv1.Entry, len(rep.Dirents))
-			used := 0
 			for _, de := range rep.Dirents {
-				used += (24+len(de.Name)+7)&^7 + 128
 				if de.Node != 0 {
 					ents[de.Name] = qtfsv1.Entry{Node: de.Node, Attr: de.Attr}
 				}
 			}
-			// The server stops only when the next entry would not fit, so
-			// room for a largest entry left over means it reached the end.
-			complete = used+(24+256+128) <= maxPrefetch
 		}
 		f.Release()
 	}
 	if _, f, err := fs.s.callEpoch(epoch, classControl, &qtfsv1.Request{Op: qtfsv1.OpReleaseDir, Fh: fh}, nil, false); err == nil {
 		f.Release()
 	}
-	return ents, complete, epoch
+	return ents, epoch
 }
 
 func (fs *qfs) forgetListing(l *listing) {
