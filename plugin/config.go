@@ -28,12 +28,18 @@ type Config struct {
 	// attached stdout/stderr to reach EOF (a background child can hold the
 	// pipe open). Go duration syntax; default 10s.
 	DrainTimeout string `toml:"drain_timeout"`
+	// DrainStall ends that wait early for a stream whose write to the DPU
+	// side has been blocked this long (nobody reads it there, e.g. a
+	// detached container after ctr exited); its bytes still flow later.
+	// Go duration syntax; default 1s.
+	DrainStall string `toml:"drain_stall"`
 	// EventBacklog is how many events are held for replay; default 4096.
 	EventBacklog int `toml:"event_backlog"`
 
 	// AgentVersion is reported by Hello (set by the main, not the file).
 	AgentVersion string `toml:"-"`
 	drainTimeout time.Duration
+	drainStall   time.Duration
 }
 
 // DefaultConfig returns the documented defaults.
@@ -45,6 +51,7 @@ func DefaultConfig() Config {
 		RuncRoot:             "/run/offload/runc",
 		AllowedMountPrefixes: []string{"/var/lib/offload/snapshots"},
 		DrainTimeout:         "10s",
+		DrainStall:           "1s",
 		EventBacklog:         4096,
 	}
 }
@@ -66,6 +73,14 @@ func (c *Config) validate() error {
 		return fmt.Errorf("runtime.drain_timeout %q: not a duration", c.DrainTimeout)
 	}
 	c.drainTimeout = d
+	if c.DrainStall == "" {
+		c.DrainStall = "1s"
+	}
+	d, err = time.ParseDuration(c.DrainStall)
+	if err != nil || d < 0 {
+		return fmt.Errorf("runtime.drain_stall %q: not a duration", c.DrainStall)
+	}
+	c.drainStall = d
 	if c.EventBacklog <= 0 {
 		c.EventBacklog = 4096
 	}

@@ -254,7 +254,7 @@ func (c *container) processExited(p *process, info exitInfo) {
 			e.signal(unix.SIGKILL)
 		}
 	}
-	p.drain(c.s.cfg.drainTimeout)
+	p.drain(c.s.cfg.drainTimeout, c.s.cfg.drainStall)
 
 	c.eventMu.Lock()
 	defer c.eventMu.Unlock()

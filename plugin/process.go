@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -131,22 +132,40 @@ func (p *process) wait(ctx context.Context) (exitInfo, error) {
 }
 
 // drain waits until every attached output stream reached EOF, at most
-// timeout. Streams nobody attached are not waited for: their bytes stay in
-// the pipe for a later attach until Delete.
-func (p *process) drain(timeout time.Duration) {
+// timeout. A stream whose write to its connection has been blocked for
+// stall is not waited for: nobody is reading it on the DPU side (the runc
+// shim publishes exits without waiting for output at all), and its bytes
+// are not dropped — the copy goes on until EOF or Delete. Streams nobody
+// attached are not waited for: their bytes stay in the pipe for a later
+// attach until Delete.
+func (p *process) drain(timeout, stall time.Duration) {
 	if p.io == nil {
 		return
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
+	poll := time.NewTicker(drainPoll)
+	defer poll.Stop()
 	for _, s := range p.io.outputs() {
 		if !s.isAttached() {
 			continue
 		}
-		select {
-		case <-s.done:
-		case <-deadline.C:
-			return
+	wait:
+		for {
+			select {
+			case <-s.done:
+				break wait
+			case <-poll.C:
+				if s.blockedFor() >= stall {
+					log.L.Debugf("process %s: output stream blocked for %s; not waiting for its EOF", p.name(), stall)
+					break wait
+				}
+			case <-deadline.C:
+				return
+			}
 		}
 	}
 }
+
+// drainPoll is how often drain looks at a stream's blocked write.
+const drainPoll = 50 * time.Millisecond

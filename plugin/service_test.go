@@ -137,6 +137,55 @@ func TestStdoutChecksumAndBackpressure(t *testing.T) {
 	a.del(ref(id))
 }
 
+// TestExitNotHeldByUnreadStdout: a stdout stream whose DPU side stopped
+// reading (a detached container after ctr went away) must not hold the
+// exit back for drain_timeout, and no byte the process wrote is dropped:
+// the stream still delivers everything, after the exit, once read.
+func TestExitNotHeldByUnreadStdout(t *testing.T) {
+	a := newAgent(t) // drain_timeout 5s
+	const size = 8 << 20
+	data := make([]byte, size)
+	rand.Read(data)
+	id := "unread"
+	mounts := a.overlayMounts(id)
+	if err := os.WriteFile(filepath.Join(a.dir, id, "fs", "payload"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := testSpec(id, "sh", "-c", "cat /payload; sleep 100")
+	if _, err := a.client.Create(context.Background(), &runtimev1.CreateRequest{Namespace: testNS, ContainerId: id,
+		Spec: specJSON(t, spec), Rootfs: mounts, Stdio: &runtimev1.StdioConfig{Stdout: true}}); err != nil {
+		t.Fatal(err)
+	}
+	ev := a.watchEvents(0, id)
+	outConn := a.mustAttach(ref(id), runtimev1.StdioStream_STDOUT)
+	a.startP(ref(id))
+	// Nobody reads: the pipe and the connection fill and cat blocks.
+	time.Sleep(1500 * time.Millisecond)
+	killed := time.Now()
+	if _, err := a.client.Kill(context.Background(), &runtimev1.KillRequest{Process: ref(id), Signal: 9}); err != nil {
+		t.Fatal(err)
+	}
+	ex := ev.nextExit(t)
+	took := time.Since(killed)
+	if ex.ExitStatus != 137 {
+		t.Fatalf("exit %d", ex.ExitStatus)
+	}
+	if took > 3*time.Second {
+		t.Errorf("exit published %s after the kill; an unread stream must not hold it for drain_timeout", took.Round(time.Millisecond))
+	}
+	// Everything cat wrote before it was killed still arrives, in order.
+	var got []byte
+	select {
+	case got = <-readAll(outConn):
+	case <-time.After(20 * time.Second):
+		t.Fatal("stdout did not reach EOF after the exit")
+	}
+	if len(got) == 0 || len(got) > size || sha256.Sum256(got) != sha256.Sum256(data[:len(got)]) {
+		t.Fatalf("stdout: %d bytes, not a prefix of the payload", len(got))
+	}
+	a.del(ref(id))
+}
+
 func TestStdinEOF(t *testing.T) {
 	a := newAgent(t)
 	id := "stdin"

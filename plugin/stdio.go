@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/containerd/console"
 	"github.com/containerd/errdefs"
@@ -223,6 +225,12 @@ type outputStream struct {
 	eof      bool
 	done     chan struct{} // closed when src reached EOF and the conn was closed
 	closed   bool
+
+	// writeSince is when the write to the attached connection that is in
+	// progress began (UnixNano), 0 between writes. A write blocked for long
+	// means the DPU side stopped reading (a detached container whose FIFO
+	// reader went away), which the exit drain must not wait out.
+	writeSince atomic.Int64
 }
 
 func newOutputStream(r *os.File) *outputStream {
@@ -274,7 +282,10 @@ func (s *outputStream) copy(conn net.Conn) {
 	for {
 		n, rerr := s.src.Read(buf)
 		if n > 0 {
-			if _, werr := conn.Write(buf[:n]); werr != nil {
+			s.writeSince.Store(time.Now().UnixNano())
+			_, werr := conn.Write(buf[:n])
+			s.writeSince.Store(0)
+			if werr != nil {
 				s.mu.Lock()
 				s.attached = false
 				s.mu.Unlock()
@@ -292,6 +303,16 @@ func (s *outputStream) copy(conn net.Conn) {
 			return
 		}
 	}
+}
+
+// blockedFor is how long the write in progress has been blocked on the
+// connection (0 when the copy is not writing).
+func (s *outputStream) blockedFor() time.Duration {
+	since := s.writeSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, since))
 }
 
 // isAttached reports whether a connection is attached now.

@@ -51,6 +51,10 @@ type Timeouts struct {
 	// StdioDrain bounds how long a process's TaskExit waits for its stdout
 	// and stderr to drain (a background child can hold a pipe open forever).
 	StdioDrain Duration `toml:"stdio_drain"`
+	// StdioStall ends that wait early for an output whose write to its DPU
+	// endpoint has been blocked this long (a FIFO nobody reads any more,
+	// e.g. `ctr run -d` after ctr exited); its bytes still flow later.
+	StdioStall Duration `toml:"stdio_stall"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("5s").
@@ -86,6 +90,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Timeouts.StdioDrain == 0 {
 		c.Timeouts.StdioDrain = Duration(5 * time.Second)
+	}
+	if c.Timeouts.StdioStall == 0 {
+		c.Timeouts.StdioStall = Duration(time.Second)
 	}
 }
 

@@ -187,12 +187,12 @@ func (s *service) handleExit(c *container, e *eventstypes.TaskExit) {
 		return
 	}
 	if p.relay != nil {
-		drain := 5 * time.Second
+		drain, stall := 5*time.Second, time.Second
 		if l := s.currentLink(); l != nil {
-			drain = l.cfg.Timeouts.StdioDrain.D()
+			drain, stall = l.cfg.Timeouts.StdioDrain.D(), l.cfg.Timeouts.StdioStall.D()
 		}
-		if !p.relay.waitOutputs(drain) {
-			log.G(s.ctx).WithFields(log.Fields{"id": c.id, "exec": execID}).Warnf("stdout/stderr not drained %s after exit; publishing exit", drain)
+		if !p.relay.waitOutputs(drain, stall) {
+			log.G(s.ctx).WithFields(log.Fields{"id": c.id, "exec": execID}).Infof("stdout/stderr not drained (nobody reading, or still open %s after exit); publishing exit", drain)
 		}
 	}
 	exitedAt := protobuf.FromTimestamp(e.ExitedAt)

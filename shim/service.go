@@ -376,6 +376,14 @@ func (s *service) delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		}
 		wcancel()
 	}
+	if p.relay != nil && p.hasExited() {
+		// The exit may have been published while an output was blocked on
+		// a slow reader: give it (as the runc shim's delete does) until it
+		// ends or stops moving for stdio_drain before the host side and
+		// the relay are torn down, so a live reader loses nothing.
+		d := link.cfg.Timeouts.StdioDrain.D()
+		p.relay.waitOutputs(d, d)
+	}
 	rctx, cancel := s.rpcCtx(ctx, link)
 	defer cancel()
 	dresp, err := link.api.Delete(rctx, &runtimev1.DeleteRequest{Process: p.ref(s.namespace)})

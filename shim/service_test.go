@@ -226,6 +226,70 @@ func TestExitWaitsForStdoutDrain(t *testing.T) {
 	}
 }
 
+// TestExitNotHeldByUnreadFIFO: stdout goes to a FIFO whose reader went away
+// (ctr run -d after ctr exited); the shim's keep-alive read side keeps the
+// FIFO open, as the runc shim's does, so the relay blocks. The TaskExit must
+// not wait out stdio_drain for it, and the bytes are not dropped: a reader
+// that comes later gets every one of them.
+func TestExitNotHeldByUnreadFIFO(t *testing.T) {
+	h := newHarness(t) // stdio_drain 10s
+	stdout := h.mkfifo("out")
+	ctx := context.Background()
+	rd, err := fifo.OpenFifo(ctx, stdout, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(4 << 20)
+	started := make(chan *fakeProc, 1)
+	h.agent.onStart = func(p *fakeProc) {
+		started <- p
+		go func() {
+			c := p.stream(t, runtimev1.StdioStream_STDOUT)
+			c.Write(data) // blocks until a reader appears
+			c.Close()
+		}()
+	}
+	if _, err := h.svc.Create(h.ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: h.bundle("c1"), Stdout: stdout, Options: h.opts}); err != nil {
+		t.Fatal(err)
+	}
+	rd.Close() // the client's reader goes away
+	if _, err := h.svc.Start(h.ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	p := <-started
+	time.Sleep(1500 * time.Millisecond) // the FIFO fills, the relay blocks
+	exited := time.Now()
+	h.agent.exit(p, 137)
+	wctx, cancel := context.WithTimeout(h.ctx, 20*time.Second)
+	defer cancel()
+	wr, err := h.svc.Wait(wctx, &taskAPI.WaitRequest{ID: "c1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(exited); took > 3*time.Second || wr.ExitStatus != 137 {
+		t.Errorf("TaskExit %d published %s after the agent's exit; want 137 within 3s", wr.ExitStatus, took.Round(time.Millisecond))
+	}
+	// A reader that comes now gets the whole stream, in order.
+	rd2, err := os.OpenFile(stdout, os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd2.Close()
+	got := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(rd2); got <- b }()
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, data) {
+			t.Errorf("late reader got %d bytes, want the %d written (equal=%v)", len(b), len(data), bytes.Equal(b, data))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("late reader did not reach EOF")
+	}
+	if _, err := h.svc.Delete(h.ctx, &taskAPI.DeleteRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestFIFOStdioAndCloseIO: stdout through a FIFO read slowly (back-pressure,
 // no loss); stdin bytes written before CloseIO all reach the host before EOF,
 // and the client closing its writer alone is not EOF.

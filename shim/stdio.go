@@ -46,7 +46,7 @@ type relay struct {
 
 	mu       sync.Mutex
 	conns    []net.Conn
-	outputs  sync.WaitGroup // stdout/stderr copies
+	outputs  []*outputCopy // stdout/stderr copies, set by attach
 	closedIO atomic.Bool
 	closed   bool
 }
@@ -217,14 +217,48 @@ func (r *relay) attach(ctx context.Context, link *agentLink, ref *runtimev1.Proc
 		case runtimev1.StdioStream_STDIN:
 			go r.copyStdin(lg, w.conn)
 		case runtimev1.StdioStream_STDOUT:
-			r.outputs.Add(1)
-			go r.copyOutput(lg, "stdout", w.conn, r.stdout)
+			go r.copyOutput(lg, "stdout", w.conn, r.newOutputCopy(r.stdout))
 		case runtimev1.StdioStream_STDERR:
-			r.outputs.Add(1)
-			go r.copyOutput(lg, "stderr", w.conn, r.stderr)
+			go r.copyOutput(lg, "stderr", w.conn, r.newOutputCopy(r.stderr))
 		}
 	}
 	return nil
+}
+
+// outputCopy is one host stream being written to its DPU endpoint. It
+// records when a write to the endpoint began, so a drain can tell a copy
+// that is still moving bytes from one blocked on an endpoint nobody reads
+// (a FIFO whose reader, ctr -d, went away: our keep-alive read side keeps
+// the FIFO open, as the runc shim's does, so the write blocks rather than
+// failing).
+type outputCopy struct {
+	dst        io.WriteCloser
+	done       chan struct{}
+	writeSince atomic.Int64 // UnixNano of the write in progress, 0 between writes
+}
+
+func (r *relay) newOutputCopy(dst io.WriteCloser) *outputCopy {
+	o := &outputCopy{dst: dst, done: make(chan struct{})}
+	r.mu.Lock()
+	r.outputs = append(r.outputs, o)
+	r.mu.Unlock()
+	return o
+}
+
+func (o *outputCopy) Write(p []byte) (int, error) {
+	o.writeSince.Store(time.Now().UnixNano())
+	n, err := o.dst.Write(p)
+	o.writeSince.Store(0)
+	return n, err
+}
+
+// blockedFor is how long the write in progress has been blocked.
+func (o *outputCopy) blockedFor() time.Duration {
+	since := o.writeSince.Load()
+	if since == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, since))
 }
 
 func (r *relay) addConn(c net.Conn) {
@@ -237,14 +271,14 @@ func (r *relay) addConn(c net.Conn) {
 	r.conns = append(r.conns, c)
 }
 
-func (r *relay) copyOutput(lg *log.Entry, name string, conn net.Conn, dst io.WriteCloser) {
-	defer r.outputs.Done()
+func (r *relay) copyOutput(lg *log.Entry, name string, conn net.Conn, o *outputCopy) {
+	defer close(o.done)
 	bp := relayBufPool.Get().(*[]byte)
 	defer relayBufPool.Put(bp)
-	if _, err := io.CopyBuffer(dst, conn, *bp); err != nil && !errors.Is(err, net.ErrClosed) {
+	if _, err := io.CopyBuffer(o, conn, *bp); err != nil && !errors.Is(err, net.ErrClosed) {
 		lg.WithError(err).Warnf("relay %s", name)
 	}
-	dst.Close()
+	o.dst.Close()
 	conn.Close()
 }
 
@@ -274,19 +308,40 @@ func (r *relay) closeStdin() {
 }
 
 // waitOutputs waits for stdout and stderr to be relayed to their end (the
-// agent closes each stream after the host pipe reached EOF), at most d.
-func (r *relay) waitOutputs(d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { r.outputs.Wait(); close(done) }()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-		return false
+// agent closes each stream after the host pipe reached EOF), at most max.
+// A copy whose write to its DPU endpoint has been blocked for stall is not
+// waited for (nobody reads that endpoint); it goes on in the background. It
+// reports whether every output reached its end.
+func (r *relay) waitOutputs(max, stall time.Duration) bool {
+	r.mu.Lock()
+	outs := append([]*outputCopy(nil), r.outputs...)
+	r.mu.Unlock()
+	deadline := time.NewTimer(max)
+	defer deadline.Stop()
+	poll := time.NewTicker(drainPoll)
+	defer poll.Stop()
+	all := true
+	for _, o := range outs {
+	wait:
+		for {
+			select {
+			case <-o.done:
+				break wait
+			case <-poll.C:
+				if o.blockedFor() >= stall {
+					all = false
+					break wait
+				}
+			case <-deadline.C:
+				return false
+			}
+		}
 	}
+	return all
 }
+
+// drainPoll is how often waitOutputs looks at a copy's blocked write.
+const drainPoll = 50 * time.Millisecond
 
 // close tears the relay down: connections, FIFOs, files and the logger.
 func (r *relay) close(ctx context.Context) {

@@ -403,3 +403,39 @@ func TestParallel20(t *testing.T) {
 		}
 	})
 }
+
+// TestKillUnreadDetached: a detached container that keeps writing to stdout
+// after ctr went away (nobody reads its FIFO: the pipes fill and it blocks)
+// must report its exit on SIGKILL about as fast as the runc shim, which
+// publishes it at once — not after the agent's and the shim's drain bounds.
+func TestKillUnreadDetached(t *testing.T) {
+	took := map[string]time.Duration{}
+	forEachRuntime(t, func(t *testing.T, r rt) {
+		id := newID(t, r, "unread")
+		r.detach(t, id, nil, "sh", "-c", "while :; do echo 0123456789abcdefghijklmnopqrstuvwxyz; done")
+		time.Sleep(2 * time.Second) // ctr has exited; FIFO, pipe and sockets fill
+		if st := r.taskStatus(t, id); st != "RUNNING" {
+			t.Fatalf("%s: task %s is %q before the kill", r.name, id, st)
+		}
+		t0 := time.Now()
+		r.mustCtr(t, "task", "kill", "-s", "SIGKILL", id)
+		deadline := t0.Add(30 * time.Second)
+		for r.taskStatus(t, id) != "STOPPED" {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no exit 30s after SIGKILL", r.name)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		took[r.name] = time.Since(t0)
+		t.Logf("%s: exit seen %s after SIGKILL", r.name, took[r.name].Round(time.Millisecond))
+	})
+	o, ok1 := took[offloadRT.name]
+	ref, ok2 := took[referenceRT.name]
+	if !ok1 || !ok2 {
+		return
+	}
+	t.Logf("exit after SIGKILL of an unread detached container: offload %s, runc %s", o.Round(time.Millisecond), ref.Round(time.Millisecond))
+	if o > 3*time.Second && o > 3*ref {
+		t.Errorf("offload reports the exit %s after SIGKILL (runc %s); want under 3s", o.Round(time.Millisecond), ref.Round(time.Millisecond))
+	}
+}
