@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -251,8 +252,8 @@ func TestTCPMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := c.(*tls.Conn); !ok {
-		t.Errorf("Dial returned %T, want *tls.Conn", c)
+	if _, ok := c.(interface{ ConnectionState() tls.ConnectionState }); !ok {
+		t.Errorf("Dial returned %T, want a TLS connection", c)
 	}
 	if got := roundTrip(t, c, "secret"); got != "runtime:secret" {
 		t.Fatalf("got %q", got)
@@ -318,5 +319,98 @@ func TestSilentPeerIsDropped(t *testing.T) {
 	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := raw.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("silent peer read: %v, want EOF after the handshake timeout", err)
+	}
+}
+
+// Concurrent writers of mixed sizes (below, at and above a TLS record) and a
+// concurrent reader on one mTLS connection see every byte, and half-close
+// still delivers EOF.
+func TestTLSBatchingKeepsStreamsIntact(t *testing.T) {
+	dir := t.TempDir()
+	if err := GenerateCerts(dir, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := Listen(context.Background(), Address{Network: NetworkTCP, Host: "127.0.0.1"}, HostSecurity(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	l := m.Channel(ChannelRexec)
+	go m.Serve()
+	go echoServe(l, "e")
+
+	c, err := Dial(context.Background(), m.Addr(), DPUSecurity(dir), ChannelRexec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Each writer sends blocks of one size, each block filled with the
+	// writer's byte; blocks of different writers may interleave only at
+	// block boundaries (one Write is atomic on a TLS conn).
+	sizes := []int{1, 100, 16 << 10, 16<<10 + 1, 300 << 10, 1<<20 + 7}
+	const perWriter = 8
+	var want int
+	for _, s := range sizes {
+		want += s * perWriter
+	}
+	errs := make(chan error, len(sizes))
+	for i, size := range sizes {
+		go func(fill byte, size int) {
+			block := bytes.Repeat([]byte{fill}, size)
+			for j := 0; j < perWriter; j++ {
+				if _, err := c.Write(block); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}(byte('a'+i), size)
+	}
+	got := make(map[byte]int)
+	done := make(chan error, 1)
+	go func() {
+		r := io.LimitReader(c, int64(len("e:")+want))
+		prefix := make([]byte, 2)
+		if _, err := io.ReadFull(r, prefix); err != nil || string(prefix) != "e:" {
+			done <- fmt.Errorf("prefix %q: %v", prefix, err)
+			return
+		}
+		// Reassemble runs: a run of one byte value must add up to whole
+		// blocks of that writer's size.
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := r.Read(buf)
+			for _, b := range buf[:n] {
+				got[b]++
+			}
+			if err == io.EOF {
+				done <- nil
+				return
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	for range sizes {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i, size := range sizes {
+		if got[byte('a'+i)] != size*perWriter {
+			t.Errorf("writer %d (blocks of %d): received %d bytes, want %d", i, size, got[byte('a'+i)], size*perWriter)
+		}
+	}
+	if err := CloseWrite(c); err != nil {
+		t.Fatal(err)
+	}
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("after half-close: %d more bytes, %v; want EOF", len(rest), err)
 	}
 }
