@@ -553,8 +553,19 @@ func (fs *qfs) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, d
 	if !code.Ok() {
 		return 0, code
 	}
+	if fs.xattrAbsent(n, attr) {
+		return 0, fuse.ENOATTR
+	}
+	gen := fs.xattrGen(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpGetXattr, Name: attr, Len: uint64(len(dest))}
-	rep, f, code := fs.rpc(classControl, req, fs.withNodes(req, n, nil))
+	var epoch uint64
+	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
+		epoch = e
+		return fs.withNodes(req, n, nil)(e)
+	})
+	if code == fuse.ENOATTR {
+		fs.noteXattrAbsent(n, attr, gen, epoch)
+	}
 	if !code.Ok() {
 		return 0, code
 	}
@@ -589,6 +600,8 @@ func (fs *qfs) SetXAttr(cancel <-chan struct{}, in *fuse.SetXAttrIn, attr string
 	}
 	fs.prefetchDirtyNode(n)
 	fs.dropDirAttr(n.id)
+	fs.dropXattrAbsent(n)
+	defer fs.dropXattrAbsent(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpSetXattr, Name: attr, Flags: in.Flags, Data: data}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, n, nil))
 	if code.Ok() {
@@ -602,6 +615,8 @@ func (fs *qfs) RemoveXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string
 	if !code.Ok() {
 		return code
 	}
+	fs.dropXattrAbsent(n)
+	defer fs.dropXattrAbsent(n)
 	req := &qtfsv1.Request{Op: qtfsv1.OpRemoveXattr, Name: attr}
 	_, f, code := fs.rpc(classControl, req, fs.withNodes(req, n, nil))
 	if code.Ok() {
@@ -983,6 +998,7 @@ func (fs *qfs) notifyLoop() {
 		case qtfsv1.OpNotifyInvalInode:
 			fs.prefetchDropParent(n)
 			fs.dropDirAttr(n.id)
+			fs.dropXattrAbsent(n)
 			srv.InodeNotify(n.id, int64(nt.req.Off), int64(nt.req.Len))
 		}
 	}

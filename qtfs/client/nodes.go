@@ -24,6 +24,8 @@ type cnode struct {
 
 	lmu        sync.Mutex
 	lockOwners map[uint64]bool // owners holding POSIX locks (flush must release them)
+
+	noXattr xattrAbsent // extended attributes the host said the node lacks
 }
 
 func (n *cnode) addLockOwner(o uint64) {
