@@ -266,6 +266,7 @@ func fillAttr(out *fuse.Attr, a *qtfsv1.Attr) {
 // entry turns a server entry for (parent, name) into a kernel entry.
 func (fs *qfs) entry(parent *cnode, name string, e *qtfsv1.Entry, epoch uint64, out *fuse.EntryOut) {
 	n := fs.nodes.add(parent, name, *e, epoch)
+	n.noteAttr(&e.Attr)
 	out.NodeId = n.id
 	out.Generation = 0
 	fillAttr(&out.Attr, &e.Attr)
@@ -373,6 +374,7 @@ func (fs *qfs) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Att
 		return code
 	}
 	fr.Release()
+	n.noteAttr(&rep.Attr)
 	fillAttr(&out.Attr, &rep.Attr)
 	out.SetTimeout(fs.ttl)
 	return fuse.OK
@@ -395,6 +397,8 @@ func (fs *qfs) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Att
 	if f == nil || f.dir {
 		req.Valid &^= fuse.FATTR_FH
 	}
+	kill := req.Valid&fuse.FATTR_KILL_SUIDGID != 0
+	req.Valid &^= fuse.FATTR_KILL_SUIDGID
 	rep, fr, code := fs.rpc(classControl, req, func(e uint64) error {
 		if err := fs.withNodes(req, n, nil)(e); err != nil {
 			return err
@@ -410,7 +414,18 @@ func (fs *qfs) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Att
 		return code
 	}
 	fr.Release()
-	fillAttr(&out.Attr, &rep.Attr)
+	a := &rep.Attr
+	n.noteAttr(a)
+	if kill {
+		ka, code := fs.killSuidgid(n, a.Mode, a.Gid, &in.InHeader)
+		if !code.Ok() {
+			return code
+		}
+		if ka != nil {
+			a = ka
+		}
+	}
+	fillAttr(&out.Attr, a)
 	out.SetTimeout(fs.ttl)
 	return fuse.OK
 }
@@ -656,6 +671,21 @@ func (fs *qfs) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, ou
 	fs.noteParent(p, rep, epoch)
 	fs.entry(p, name, &rep.Entry, epoch, &out.EntryOut)
 	n := fs.nodes.get(out.NodeId)
+	if in.OpenFlags&fuse.OPEN_KILL_SUIDGID != 0 {
+		// O_TRUNC of a file that already existed on the host
+		if a, code := fs.killSuidgid(n, rep.Entry.Attr.Mode, rep.Entry.Attr.Gid, &in.InHeader); !code.Ok() {
+			fs.releaseSrv(rep.Fh, epoch)
+			return code
+		} else if a != nil {
+			fillAttr(&out.Attr, a)
+		}
+	}
+	if in.Flags&(syscall.O_EXCL|syscall.O_TRUNC) != 0 {
+		// A file this call made, or truncated (which clears it), has no
+		// capability attribute: the probe before its first write needs no
+		// round trip.
+		fs.noteXattrAbsent(n, capabilityXattr, fs.xattrGen(n), epoch)
+	}
 	out.Fh = fs.addFile(&cfile{node: n, flags: in.Flags, srv: rep.Fh, epoch: epoch})
 	out.OpenFlags = fs.openFlags()
 	return fuse.OK
@@ -690,6 +720,12 @@ func (fs *qfs) open(in *fuse.OpenIn, out *fuse.OpenOut, dir bool) fuse.Status {
 		return code
 	}
 	f.Release()
+	if !dir && in.Mode&fuse.OPEN_KILL_SUIDGID != 0 {
+		if _, code := fs.killSuidgidKnown(n, &in.InHeader); !code.Ok() {
+			fs.releaseSrv(rep.Fh, epoch)
+			return code
+		}
+	}
 	out.Fh = fs.addFile(&cfile{node: n, flags: in.Flags, dir: dir, srv: rep.Fh, epoch: epoch})
 	if !dir {
 		out.OpenFlags = fs.openFlags()
@@ -733,6 +769,11 @@ func (fs *qfs) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uin
 		return 0, code
 	}
 	fr.Release()
+	if in.WriteFlags&fuse.WRITE_KILL_SUIDGID != 0 {
+		if _, code := fs.killSuidgidKnown(f.node, &in.InHeader); !code.Ok() {
+			return 0, code
+		}
+	}
 	return uint32(rep.N), fuse.OK
 }
 
@@ -751,6 +792,13 @@ func (fs *qfs) release(fh uint64) {
 	if f.dir {
 		op = qtfsv1.OpReleaseDir
 	}
+	fs.releaseOp(op, srv, epoch)
+}
+
+// releaseSrv drops a server file handle the kernel never got.
+func (fs *qfs) releaseSrv(srv, epoch uint64) { fs.releaseOp(qtfsv1.OpRelease, srv, epoch) }
+
+func (fs *qfs) releaseOp(op qtfsv1.Op, srv, epoch uint64) {
 	// Only release a handle of the current epoch: an older one is gone already.
 	if _, fr, err := fs.s.callEpoch(epoch, classControl, &qtfsv1.Request{Op: op, Fh: srv}, nil, false); err == nil {
 		fr.Release()

@@ -104,6 +104,7 @@ func NewMount(ctx context.Context, opts MountOptions) (*Mount, error) {
 		DirectMount:        true,
 		Debug:              opts.Debug,
 		DisableReadDirPlus: sess.Features()&qtfsv1.FeatReadDirPlus == 0,
+		ExtraCapabilities:  killSuidgidCap,
 	}
 	if opts.Cache == CacheAuto {
 		mo.EnableSymlinkCaching = false

@@ -2,6 +2,7 @@ package client
 
 import (
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
@@ -26,7 +27,11 @@ type cnode struct {
 	lockOwners map[uint64]bool // owners holding POSIX locks (flush must release them)
 
 	noXattr xattrAbsent // extended attributes the host said the node lacks
+
+	modeGid atomic.Uint64 // last mode | gid<<32 the host reported (for setuid/setgid clearing)
 }
+
+func (n *cnode) noteAttr(a *qtfsv1.Attr) { n.modeGid.Store(uint64(a.Mode) | uint64(a.Gid)<<32) }
 
 func (n *cnode) addLockOwner(o uint64) {
 	n.lmu.Lock()

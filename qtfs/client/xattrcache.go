@@ -14,6 +14,8 @@ import (
 // or removes an attribute of the node or the host pushes an invalidation for
 // it (an xattr change on the host is an IN_ATTRIB event).
 
+const capabilityXattr = "security.capability"
+
 type xattrAbsent struct {
 	mu  sync.Mutex
 	gen uint64               // bumped by every invalidation
