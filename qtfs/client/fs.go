@@ -44,6 +44,7 @@ type qfs struct {
 	pf *prefetcher // nil unless entries are cached (CacheAuto) and readdirplus is available
 
 	dirAttrs dirAttrCache
+	wb       allWrites
 }
 
 type cfile struct {
@@ -325,6 +326,7 @@ func (fs *qfs) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 		}
 		fs.prefetchStart(p)
 	}
+	fs.wb.wait()
 	code = fs.entryCall(p, name, &qtfsv1.Request{Op: qtfsv1.OpLookup, Name: name}, out)
 	if code == fuse.ENOENT && fs.ttl > 0 {
 		// negative entry, cached for the TTL
@@ -358,6 +360,7 @@ func (fs *qfs) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.Att
 			return fuse.OK
 		}
 	}
+	fs.waitWrites(n, false)
 	req := &qtfsv1.Request{Op: qtfsv1.OpGetAttr}
 	rep, fr, code := fs.rpc(classControl, req, func(e uint64) error {
 		if err := fs.withNodes(req, n, nil)(e); err != nil {
@@ -387,6 +390,7 @@ func (fs *qfs) SetAttr(cancel <-chan struct{}, in *fuse.SetAttrIn, out *fuse.Att
 	}
 	fs.prefetchDirtyNode(n)
 	fs.dropDirAttr(n.id)
+	fs.waitWrites(n, false)
 	req := &qtfsv1.Request{Op: qtfsv1.OpSetAttr, Valid: in.Valid, Mode: in.Mode, Uid: in.Uid, Gid: in.Gid,
 		Len: in.Size, Atime: qtfsv1.Timespec{Sec: int64(in.Atime), Nsec: in.Atimensec},
 		Mtime: qtfsv1.Timespec{Sec: int64(in.Mtime), Nsec: in.Mtimensec}, Caller: caller(&in.InHeader)}
@@ -520,6 +524,7 @@ func (fs *qfs) Link(cancel <-chan struct{}, in *fuse.LinkIn, name string, out *f
 	}
 	fs.prefetchDirty(p.id, name)
 	fs.prefetchDirtyNode(n)
+	fs.waitWrites(n, false)
 	req := &qtfsv1.Request{Op: qtfsv1.OpLink, Name: name}
 	var epoch uint64
 	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
@@ -707,6 +712,7 @@ func (fs *qfs) open(in *fuse.OpenIn, out *fuse.OpenOut, dir bool) fuse.Status {
 	if in.Flags&syscall.O_TRUNC != 0 {
 		fs.prefetchDirtyNode(n)
 	}
+	fs.waitWrites(n, false)
 	req := &qtfsv1.Request{Op: qtfsv1.OpOpen, Flags: in.Flags, Caller: caller(&in.InHeader)}
 	if dir {
 		req = &qtfsv1.Request{Op: qtfsv1.OpOpenDir}
@@ -749,6 +755,7 @@ func (fs *qfs) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.R
 	if !code.Ok() {
 		return nil, code
 	}
+	fs.waitWrites(f.node, false)
 	req := &qtfsv1.Request{Op: qtfsv1.OpRead, Off: in.Offset, Len: uint64(in.Size)}
 	rep, fr, code := fs.rpc(classData, req, fs.withFh(req, f))
 	if !code.Ok() {
@@ -763,6 +770,17 @@ func (fs *qfs) Write(cancel <-chan struct{}, in *fuse.WriteIn, data []byte) (uin
 		return 0, code
 	}
 	fs.prefetchDirtyNode(f.node)
+	// Page-cache writeback (shared mmap) stays synchronous: msync and
+	// munmap must find the data on the host when they return.
+	if fs.asyncWrite(f) && in.WriteFlags&(fuse.WRITE_KILL_SUIDGID|fuse.WRITE_CACHE) == 0 {
+		if code := fs.writeBehind(f, in.Offset, data); !code.Ok() {
+			return 0, code
+		}
+		return uint32(len(data)), fuse.OK
+	}
+	if code := fs.waitWrites(f.node, true); !code.Ok() {
+		return 0, code
+	}
 	req := &qtfsv1.Request{Op: qtfsv1.OpWrite, Off: in.Offset, Data: data}
 	rep, fr, code := fs.rpc(classData, req, fs.withFh(req, f))
 	if !code.Ok() {
@@ -784,6 +802,9 @@ func (fs *qfs) release(fh uint64) {
 	fs.fmu.Unlock()
 	if f == nil {
 		return
+	}
+	if !f.dir {
+		fs.waitWrites(f.node, false)
 	}
 	f.mu.Lock()
 	srv, epoch := f.srv, f.epoch
@@ -813,15 +834,20 @@ func (fs *qfs) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 	if !code.Ok() {
 		return code
 	}
+	// close() reports errors of writes written behind.
+	werr := fs.waitWrites(f.node, true)
 	// close() drops the POSIX locks its process holds on the file, through
 	// whichever descriptor they were taken.
 	if !f.node.takeLockOwner(in.LockOwner) {
-		return fuse.OK
+		return werr
 	}
 	req := &qtfsv1.Request{Op: qtfsv1.OpFlush, Owner: in.LockOwner}
 	_, fr, code := fs.rpc(classControl, req, fs.withFh(req, f))
 	if code.Ok() {
 		fr.Release()
+	}
+	if !werr.Ok() {
+		return werr
 	}
 	return code
 }
@@ -829,6 +855,9 @@ func (fs *qfs) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
 func (fs *qfs) fsync(fh uint64, flags uint32) fuse.Status {
 	f, code := fs.file(fh)
 	if !code.Ok() {
+		return code
+	}
+	if code := fs.waitWrites(f.node, !f.dir); !code.Ok() {
 		return code
 	}
 	req := &qtfsv1.Request{Op: qtfsv1.OpFsync, Flags: flags & 1}
@@ -853,6 +882,7 @@ func (fs *qfs) Fallocate(cancel <-chan struct{}, in *fuse.FallocateIn) fuse.Stat
 		return code
 	}
 	fs.prefetchDirtyNode(f.node)
+	fs.waitWrites(f.node, false)
 	req := &qtfsv1.Request{Op: qtfsv1.OpFallocate, Mode: in.Mode, Off: in.Offset, Len: in.Length}
 	_, fr, code := fs.rpc(classData, req, fs.withFh(req, f))
 	if code.Ok() {
@@ -866,6 +896,7 @@ func (fs *qfs) Lseek(cancel <-chan struct{}, in *fuse.LseekIn, out *fuse.LseekOu
 	if !code.Ok() {
 		return code
 	}
+	fs.waitWrites(f.node, false)
 	req := &qtfsv1.Request{Op: qtfsv1.OpLseek, Off: in.Offset, Flags: in.Whence}
 	rep, fr, code := fs.rpc(classControl, req, fs.withFh(req, f))
 	if !code.Ok() {
@@ -886,6 +917,8 @@ func (fs *qfs) CopyFileRange(cancel <-chan struct{}, in *fuse.CopyFileRangeIn) (
 		return 0, code
 	}
 	fs.prefetchDirtyNode(fout.node)
+	fs.waitWrites(fin.node, false)
+	fs.waitWrites(fout.node, false)
 	req := &qtfsv1.Request{Op: qtfsv1.OpCopyFileRange, Off: in.OffIn, Off2: in.OffOut, Len: in.Len, Flags: uint32(in.Flags)}
 	rep, fr, code := fs.rpc(classData, req, func(e uint64) error {
 		var err error
@@ -907,6 +940,7 @@ func (fs *qfs) lock(cancel <-chan struct{}, op qtfsv1.Op, in *fuse.LkIn, out *fu
 	if !code.Ok() {
 		return code
 	}
+	fs.waitWrites(f.node, false)
 	req := &qtfsv1.Request{Op: op, Owner: in.Owner, Flags: in.LkFlags,
 		Lock: qtfsv1.Lock{Start: in.Lk.Start, End: in.Lk.End, Type: in.Lk.Typ, Pid: in.Lk.Pid}}
 	if op != qtfsv1.OpGetLk && in.LkFlags&fuse.FUSE_LK_FLOCK == 0 {
@@ -950,6 +984,7 @@ func (fs *qfs) readdir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.
 	req := &qtfsv1.Request{Op: qtfsv1.OpReadDir, Off: in.Offset, Len: uint64(in.Size)}
 	if plus {
 		req.Flags = 1
+		fs.wb.wait()
 	}
 	var epoch uint64
 	rep, fr, code := fs.rpc(classControl, req, func(e uint64) error {

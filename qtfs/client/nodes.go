@@ -28,6 +28,8 @@ type cnode struct {
 
 	noXattr xattrAbsent // extended attributes the host said the node lacks
 
+	writes pendingWrites // written behind, not yet acknowledged by the host
+
 	modeGid atomic.Uint64 // last mode | gid<<32 the host reported (for setuid/setgid clearing)
 }
 

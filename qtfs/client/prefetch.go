@@ -200,6 +200,7 @@ func (fs *qfs) prefetch(dir *cnode, ver uint64) {
 
 // listDir reads one readdirplus reply of dir.
 func (fs *qfs) listDir(dir *cnode) (map[string]qtfsv1.Entry, uint64) {
+	fs.wb.wait()
 	var epoch uint64
 	open := &qtfsv1.Request{Op: qtfsv1.OpOpenDir}
 	rep, f, code := fs.rpc(classControl, open, func(e uint64) error {
