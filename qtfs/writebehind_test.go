@@ -3,9 +3,11 @@ package qtfs_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -79,4 +81,51 @@ func TestWriteBehind(t *testing.T) {
 		t.Fatal("fsync after writes into a full file system: no error from write or fsync")
 	}
 	f.Close()
+}
+
+// TestWriteBehindNoStarvation: a steady writer keeps writes in flight all the
+// time; lookups and stats (which wait for writes started before them) still
+// get through while it runs.
+func TestWriteBehindNoStarvation(t *testing.T) {
+	tb := newTestbed(t, tbOpts{})
+	f, err := os.Create(tb.dpu("stream"))
+	must(t, err)
+	defer f.Close()
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		buf := make([]byte, 64<<10)
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			if _, err := f.WriteAt(buf, int64(n%64)*int64(len(buf))); err != nil {
+				t.Error(err)
+				done <- n
+				return
+			}
+			n++
+		}
+	}()
+	deadline := time.AfterFunc(30*time.Second, func() { close(stop) })
+	defer deadline.Stop()
+	for i := 0; i < 20; i++ {
+		os.Stat(tb.dpu(fmt.Sprintf("missing-%d", i)))
+		if _, err := os.Stat(tb.dpu("stream")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case n := <-done:
+		t.Fatalf("stats waited until the writer was stopped (%d writes)", n)
+	default:
+	}
+	if deadline.Stop() {
+		close(stop)
+	}
+	<-done
 }

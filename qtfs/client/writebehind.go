@@ -26,7 +26,10 @@ const (
 	maxPendingBytes  = 8 << 20 // per node
 )
 
-type wrange struct{ off, end uint64 }
+type wrange struct {
+	off, end uint64
+	seq      uint64 // order of start, for barriers that wait only for earlier writes
+}
 
 type pendingWrites struct {
 	mu     sync.Mutex
@@ -34,7 +37,18 @@ type pendingWrites struct {
 	n      int
 	bytes  int
 	ranges map[*wrange]struct{}
+	seq    uint64        // writes started
 	err    syscall.Errno // first failure, until reported
+}
+
+// pendingUpTo reports whether a write started at or before mark is in flight.
+func (p *pendingWrites) pendingUpTo(mark uint64) bool {
+	for r := range p.ranges {
+		if r.seq <= mark {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *pendingWrites) init() {
@@ -75,9 +89,11 @@ func (fs *qfs) writeBehind(f *cfile, off uint64, data []byte) fuse.Status {
 	}
 	p.n++
 	p.bytes += len(data)
+	p.seq++
+	r.seq = p.seq
 	p.ranges[r] = struct{}{}
 	p.mu.Unlock()
-	fs.wb.add(1)
+	gseq := fs.wb.start()
 	buf := append([]byte(nil), data...)
 	go func() {
 		req := &qtfsv1.Request{Op: qtfsv1.OpWrite, Off: off, Data: buf}
@@ -97,13 +113,14 @@ func (fs *qfs) writeBehind(f *cfile, off uint64, data []byte) fuse.Status {
 		}
 		p.cond.Broadcast()
 		p.mu.Unlock()
-		fs.wb.add(-1)
+		fs.wb.done(gseq)
 	}()
 	return fuse.OK
 }
 
-// waitWrites waits until n has no writes in flight and returns (and clears)
-// the first error one of them had if report is set.
+// waitWrites waits until the writes of n started before the call are done
+// (later ones do not hold it up: a steady writer must not starve a stat)
+// and returns (and clears) the first error of n's writes if report is set.
 func (fs *qfs) waitWrites(n *cnode, report bool) fuse.Status {
 	if n == nil {
 		return fuse.OK
@@ -114,7 +131,7 @@ func (fs *qfs) waitWrites(n *cnode, report bool) fuse.Status {
 	if p.cond == nil {
 		return fuse.OK
 	}
-	for p.n > 0 {
+	for mark := p.seq; p.pendingUpTo(mark); {
 		p.cond.Wait()
 	}
 	if report && p.err != 0 {
@@ -125,32 +142,52 @@ func (fs *qfs) waitWrites(n *cnode, report bool) fuse.Status {
 	return fuse.OK
 }
 
-// allWrites counts the mount's writes in flight. Replies that carry
+// allWrites tracks the mount's writes in flight. Replies that carry
 // attributes of nodes not named in the request (lookup, readdirplus) must
-// not be asked for while a write could change them: the kernel would take
-// their size for the truth.
+// not be asked for while a write the kernel already saw answered could still
+// change them: the kernel would take their size for the truth.
 type allWrites struct {
-	mu   sync.Mutex
-	cond *sync.Cond
-	n    int
+	mu      sync.Mutex
+	cond    *sync.Cond
+	seq     uint64
+	pending map[uint64]struct{}
 }
 
-func (w *allWrites) add(d int) {
+func (w *allWrites) start() uint64 {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.cond == nil {
 		w.cond = sync.NewCond(&w.mu)
+		w.pending = map[uint64]struct{}{}
 	}
-	w.n += d
-	if w.n == 0 {
-		w.cond.Broadcast()
-	}
+	w.seq++
+	w.pending[w.seq] = struct{}{}
+	return w.seq
+}
+
+func (w *allWrites) done(seq uint64) {
+	w.mu.Lock()
+	delete(w.pending, seq)
+	w.cond.Broadcast()
 	w.mu.Unlock()
 }
 
+// wait waits for the writes started before the call (not for later ones).
 func (w *allWrites) wait() {
 	w.mu.Lock()
-	for w.n > 0 {
+	defer w.mu.Unlock()
+	mark := w.seq
+	for {
+		earlier := false
+		for s := range w.pending {
+			if s <= mark {
+				earlier = true
+				break
+			}
+		}
+		if !earlier {
+			return
+		}
 		w.cond.Wait()
 	}
-	w.mu.Unlock()
 }
