@@ -553,34 +553,35 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 
 // Pause freezes the container on the host.
 func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	return s.freeze(ctx, r.ID, runtimev1.AgentClient.Pause, func(id string) any {
-		return &eventstypes.TaskPaused{ContainerID: id}
-	})
-}
-
-// Resume thaws the container on the host.
-func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	return s.freeze(ctx, r.ID, runtimev1.AgentClient.Resume, func(id string) any {
-		return &eventstypes.TaskResumed{ContainerID: id}
-	})
-}
-
-// freeze runs Pause or Resume on the host and publishes its event.
-func (s *service) freeze(ctx context.Context, id string,
-	rpc func(runtimev1.AgentClient, context.Context, *runtimev1.ProcessRef) (*emptypb.Empty, error),
-	event func(id string) any) (*emptypb.Empty, error) {
-	c, err := s.getContainer(id)
+	c, err := s.getContainer(r.ID)
 	if err != nil {
 		return nil, toContainerd(err)
 	}
 	err = s.call(ctx, func(ctx context.Context, link *agentLink) error {
-		_, err := rpc(link.api, ctx, c.init.ref(s.namespace))
+		_, err := link.api.Pause(ctx, c.init.ref(s.namespace))
 		return err
 	})
 	if err != nil {
 		return nil, toContainerd(err)
 	}
-	s.send(event(c.id))
+	s.send(&eventstypes.TaskPaused{ContainerID: c.id})
+	return empty, nil
+}
+
+// Resume thaws the container on the host.
+func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
+	c, err := s.getContainer(r.ID)
+	if err != nil {
+		return nil, toContainerd(err)
+	}
+	err = s.call(ctx, func(ctx context.Context, link *agentLink) error {
+		_, err := link.api.Resume(ctx, c.init.ref(s.namespace))
+		return err
+	})
+	if err != nil {
+		return nil, toContainerd(err)
+	}
+	s.send(&eventstypes.TaskResumed{ContainerID: c.id})
 	return empty, nil
 }
 

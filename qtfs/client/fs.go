@@ -281,13 +281,6 @@ func caller(h *fuse.InHeader) qtfsv1.Caller {
 
 // entryCall runs a request that yields a new entry under parent.
 func (fs *qfs) entryCall(parent *cnode, name string, req *qtfsv1.Request, out *fuse.EntryOut) fuse.Status {
-	_, _, code := fs.entryRPC(parent, name, req, out)
-	return code
-}
-
-// entryRPC runs a request that yields a new entry under parent, fills out
-// and returns the reply and the connection epoch it was served in.
-func (fs *qfs) entryRPC(parent *cnode, name string, req *qtfsv1.Request, out *fuse.EntryOut) (*qtfsv1.Reply, uint64, fuse.Status) {
 	if req.Op != qtfsv1.OpLookup {
 		fs.prefetchDirty(parent.id, name)
 	}
@@ -299,12 +292,12 @@ func (fs *qfs) entryRPC(parent *cnode, name string, req *qtfsv1.Request, out *fu
 		return err
 	})
 	if !code.Ok() {
-		return nil, 0, code
+		return code
 	}
 	f.Release()
 	fs.noteParent(parent, rep, epoch)
 	fs.entry(parent, name, &rep.Entry, epoch, out)
-	return rep, epoch, fuse.OK
+	return fuse.OK
 }
 
 func (fs *qfs) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
@@ -667,11 +660,21 @@ func (fs *qfs) Create(cancel <-chan struct{}, in *fuse.CreateIn, name string, ou
 	if !code.Ok() {
 		return code
 	}
+	fs.prefetchDirty(p.id, name)
 	req := &qtfsv1.Request{Op: qtfsv1.OpCreate, Name: name, Flags: in.Flags, Mode: in.Mode, Caller: caller(&in.InHeader)}
-	rep, epoch, code := fs.entryRPC(p, name, req, &out.EntryOut)
+	var epoch uint64
+	rep, f, code := fs.rpc(classControl, req, func(e uint64) error {
+		epoch = e
+		id, err := fs.srvID(p, e)
+		req.Node = id
+		return err
+	})
 	if !code.Ok() {
 		return code
 	}
+	f.Release()
+	fs.noteParent(p, rep, epoch)
+	fs.entry(p, name, &rep.Entry, epoch, &out.EntryOut)
 	n := fs.nodes.get(out.NodeId)
 	if in.OpenFlags&fuse.OPEN_KILL_SUIDGID != 0 {
 		// O_TRUNC of a file that already existed on the host
