@@ -35,6 +35,9 @@ type Config struct {
 	DrainStall string `toml:"drain_stall"`
 	// EventBacklog is how many events are held for replay; default 4096.
 	EventBacklog int `toml:"event_backlog"`
+	// Unpack configures the unpack channel: image layers offload-differ
+	// ships from the DPU, extracted beneath AllowedMountPrefixes.
+	Unpack UnpackConfig `toml:"unpack"`
 
 	// AgentVersion is reported by Hello (set by the main, not the file).
 	AgentVersion string `toml:"-"`
@@ -53,6 +56,7 @@ func DefaultConfig() Config {
 		DrainTimeout:         "10s",
 		DrainStall:           "1s",
 		EventBacklog:         4096,
+		Unpack:               UnpackConfig{MaxConcurrent: 4},
 	}
 }
 
@@ -83,6 +87,12 @@ func (c *Config) validate() error {
 	c.drainStall = d
 	if c.EventBacklog <= 0 {
 		c.EventBacklog = 4096
+	}
+	if c.Unpack.MaxConcurrent < 0 {
+		return fmt.Errorf("runtime.unpack.max_concurrent %d: must not be negative", c.Unpack.MaxConcurrent)
+	}
+	if c.Unpack.MaxConcurrent == 0 {
+		c.Unpack.MaxConcurrent = 4
 	}
 	return nil
 }

@@ -46,6 +46,11 @@ type Service struct {
 	// watched; the orphan sweep skips a round while it is held, so it never
 	// reaps a process whose watch is about to begin.
 	starting sync.RWMutex
+
+	// unpackSlots bounds concurrent layer extractions; unpackStage is the
+	// empty directory each one mounts its private root on.
+	unpackSlots chan struct{}
+	unpackStage string
 }
 
 var _ runtimev1.AgentService = (*Service)(nil)
@@ -75,6 +80,11 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		containers:       map[string]*container{},
 		retired:          map[*containerCgroup]time.Time{},
 		done:             make(chan struct{}),
+		unpackSlots:      make(chan struct{}, cfg.Unpack.MaxConcurrent),
+		unpackStage:      filepath.Join(cfg.BundleDir, ".unpack-stage"),
+	}
+	if err := os.MkdirAll(s.unpackStage, 0o700); err != nil {
+		return nil, fmt.Errorf("make %s: %w", s.unpackStage, err)
 	}
 	if err := s.adoptAll(ctx); err != nil {
 		return nil, err

@@ -22,6 +22,7 @@ const (
 	ChannelStdio   = "stdio"
 	ChannelQtfs    = "qtfs"
 	ChannelRexec   = "rexec"
+	ChannelUnpack  = "unpack"
 )
 
 // ErrBadPreface is returned for a connection that did not open with a valid

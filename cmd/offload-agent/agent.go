@@ -72,7 +72,7 @@ func run(c *cli.Context) error {
 	}
 	runtimev1.RegisterAgentService(ts, svc)
 
-	errc := make(chan error, 5)
+	errc := make(chan error, 8)
 	serve := func(name string, f func() error) {
 		go func() {
 			if err := f(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, ttrpc.ErrServerClosed) {
@@ -80,10 +80,11 @@ func run(c *cli.Context) error {
 			}
 		}()
 	}
-	rl, sl := mux.Channel(transport.ChannelRuntime), mux.Channel(transport.ChannelStdio)
+	rl, sl, ul := mux.Channel(transport.ChannelRuntime), mux.Channel(transport.ChannelStdio), mux.Channel(transport.ChannelUnpack)
 	serve("runtime", func() error { return ts.Serve(ctx, rl) })
 	serve("stdio", func() error { return svc.ServeStdio(sl) })
-	channels := []string{transport.ChannelRuntime, transport.ChannelStdio}
+	serve("unpack", func() error { return svc.ServeUnpack(ul) })
+	channels := []string{transport.ChannelRuntime, transport.ChannelStdio, transport.ChannelUnpack}
 	if rx != nil {
 		l := mux.Channel(transport.ChannelRexec)
 		serve("rexec", func() error { return rx.Serve(l) })

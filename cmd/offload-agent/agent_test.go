@@ -16,6 +16,7 @@ import (
 
 	runtimev1 "github.com/dpu-offload/offload/api/runtime/v1"
 	"github.com/dpu-offload/offload/api/transport"
+	unpackv1 "github.com/dpu-offload/offload/api/unpack/v1"
 	"github.com/dpu-offload/offload/rexec"
 )
 
@@ -103,7 +104,18 @@ path = "%s"
 	if err != nil || st.Code != 5 || out.String() != "via-rexec\n" {
 		t.Fatalf("rexec: %+v %v %q", st, err, out.String())
 	}
-	if !strings.Contains(logs.String(), "channels=\"[runtime stdio rexec qtfs]\"") {
+	uc, err := transport.Dial(ctx, addr, transport.Security{}, transport.ChannelUnpack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	unpackv1.WriteFrame(uc, &unpackv1.ApplyRequest{ProtocolVersion: unpackv1.Version_VERSION_1, MediaType: "application/vnd.oci.image.layer.v1.tar",
+		Digest: "sha256:" + strings.Repeat("0", 64), Mounts: []*unpackv1.Mount{{Type: "bind", Source: "/etc", Options: []string{"rbind"}}}})
+	if rep, err := unpackv1.ReadReply(uc); err != nil || rep.GetError() == nil || !strings.Contains(rep.GetError().GetMessage(), "outside the allowed mount prefixes") {
+		t.Fatalf("unpack onto /etc: %v %v", rep, err)
+	}
+
+	if !strings.Contains(logs.String(), "channels=\"[runtime stdio unpack rexec qtfs]\"") {
 		t.Errorf("not every channel served:\n%s", logs.String())
 	}
 }

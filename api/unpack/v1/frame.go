@@ -1,0 +1,110 @@
+package unpackv1
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"google.golang.org/protobuf/proto"
+)
+
+// MaxFrameSize bounds one frame's payload. An ApplyRequest's size is
+// dominated by the overlay lowerdir option, which lists every parent layer's
+// directory (containerd caps an image at 128 layers: ~10 KiB of paths); 64 KiB
+// leaves room and keeps a hostile peer from making the other side allocate.
+const MaxFrameSize = 64 << 10
+
+// ErrFrameTooLarge is returned for a length prefix beyond MaxFrameSize.
+var ErrFrameTooLarge = errors.New("unpack: frame too large")
+
+// WriteFrame writes m as a 4-byte big-endian length and its encoding, in a
+// single Write.
+func WriteFrame(w io.Writer, m proto.Message) error {
+	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 4, 256), m)
+	if err != nil {
+		return fmt.Errorf("unpack: encode frame: %w", err)
+	}
+	n := len(b) - 4
+	if n > MaxFrameSize {
+		return fmt.Errorf("unpack: encode frame of %d bytes: %w", n, ErrFrameTooLarge)
+	}
+	binary.BigEndian.PutUint32(b, uint32(n))
+	if _, err := w.Write(b); err != nil {
+		return fmt.Errorf("unpack: write frame: %w", err)
+	}
+	return nil
+}
+
+// readFrame reads one frame into m. It reads exactly the frame's bytes, so
+// the raw blob that follows a request stays unread in r.
+func readFrame(r io.Reader, m proto.Message) error {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if err == io.EOF {
+			return fmt.Errorf("unpack: connection closed before a frame: %w", io.ErrUnexpectedEOF)
+		}
+		return fmt.Errorf("unpack: read frame length: %w", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n > MaxFrameSize {
+		return fmt.Errorf("unpack: frame of %d bytes: %w", n, ErrFrameTooLarge)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("unpack: read frame body: %w", err)
+	}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return fmt.Errorf("unpack: decode frame: %w", err)
+	}
+	return nil
+}
+
+// ReadRequest reads the ApplyRequest that opens a connection and checks
+// that it is one this version can act on. It does not judge the mounts:
+// that is the host's mount policy.
+func ReadRequest(r io.Reader) (*ApplyRequest, error) {
+	var req ApplyRequest
+	if err := readFrame(r, &req); err != nil {
+		return nil, err
+	}
+	if err := req.Check(); err != nil {
+		return nil, err
+	}
+	return &req, nil
+}
+
+// Check validates the request's own fields.
+func (x *ApplyRequest) Check() error {
+	if x.GetProtocolVersion() != Version_VERSION_1 {
+		return fmt.Errorf("unpack: protocol version %d, want %d", x.GetProtocolVersion(), Version_VERSION_1)
+	}
+	if x.GetMediaType() == "" {
+		return errors.New("unpack: request without a media type")
+	}
+	if x.GetSize() < 0 {
+		return fmt.Errorf("unpack: negative blob size %d", x.GetSize())
+	}
+	if len(x.GetMounts()) == 0 {
+		return errors.New("unpack: request without mounts")
+	}
+	return nil
+}
+
+// ReadReply reads one ApplyReply and checks that it holds a known result.
+func ReadReply(r io.Reader) (*ApplyReply, error) {
+	var rep ApplyReply
+	if err := readFrame(r, &rep); err != nil {
+		return nil, err
+	}
+	if rep.GetResult() == nil {
+		return nil, errors.New("unpack: empty or unknown reply")
+	}
+	if a := rep.GetApplied(); a != nil && a.GetSize() < 0 {
+		return nil, fmt.Errorf("unpack: applied layer of negative size %d", a.GetSize())
+	}
+	return &rep, nil
+}
