@@ -3,17 +3,13 @@ package plugin
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	unpackv1 "github.com/dpu-offload/offload/api/unpack/v1"
+	"github.com/dpu-offload/offload/internal/testlayer"
 )
 
 // unpackAgent is a Service whose unpack channel is served on a unix socket.
@@ -75,63 +72,9 @@ func newUnpackAgent(t *testing.T, mut func(*Config)) *unpackAgent {
 	return ua
 }
 
-// layer is a test blob as it sits in a content store.
-type layer struct {
-	blob      []byte
-	desc      ocispec.Descriptor
-	diffID    digest.Digest
-	mediaType string
-}
-
-type entry struct {
-	hdr  tar.Header
-	body string
-}
-
-func makeLayer(t *testing.T, entries []entry, gz bool) layer {
-	t.Helper()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	for _, e := range entries {
-		h := e.hdr
-		h.Size = int64(len(e.body))
-		if h.ModTime.IsZero() {
-			h.ModTime = time.Unix(1700000000, 0)
-		}
-		h.Format = tar.FormatPAX
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.WriteString(tw, e.body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	l := layer{diffID: digest.FromBytes(tb.Bytes()), blob: tb.Bytes(), mediaType: ocispec.MediaTypeImageLayer}
-	if gz {
-		var gb bytes.Buffer
-		zw := gzip.NewWriter(&gb)
-		zw.Write(tb.Bytes())
-		zw.Close()
-		l.blob, l.mediaType = gb.Bytes(), ocispec.MediaTypeImageLayerGzip
-	}
-	l.desc = ocispec.Descriptor{MediaType: l.mediaType, Digest: digest.FromBytes(l.blob), Size: int64(len(l.blob))}
-	return l
-}
-
-func dirE(name string, mode int64, uid int) entry {
-	return entry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, Uid: uid, Gid: uid}}
-}
-
-func fileE(name, body string, mode int64, uid int) entry {
-	return entry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Uid: uid, Gid: uid}, body: body}
-}
-
 // sendLayer speaks the unpack protocol the way offload-differ does and
 // returns the host's final answer as a Go error (errdefs kinds) or result.
-func (ua *unpackAgent) sendLayer(t *testing.T, l layer, mounts []*unpackv1.Mount, blob io.Reader) (*unpackv1.Applied, error) {
+func (ua *unpackAgent) sendLayer(t *testing.T, l testlayer.Layer, mounts []*unpackv1.Mount, blob io.Reader) (*unpackv1.Applied, error) {
 	t.Helper()
 	conn, err := net.Dial("unix", ua.sock)
 	if err != nil {
@@ -139,8 +82,8 @@ func (ua *unpackAgent) sendLayer(t *testing.T, l layer, mounts []*unpackv1.Mount
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(time.Minute))
-	req := &unpackv1.ApplyRequest{ProtocolVersion: unpackv1.Version_VERSION_1, MediaType: l.mediaType,
-		Digest: l.desc.Digest.String(), Size: l.desc.Size, Mounts: mounts, Namespace: "test"}
+	req := &unpackv1.ApplyRequest{ProtocolVersion: unpackv1.Version_VERSION_1, MediaType: l.Desc.MediaType,
+		Digest: l.Desc.Digest.String(), Size: l.Desc.Size, Mounts: mounts, Namespace: "test"}
 	if err := unpackv1.WriteFrame(conn, req); err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +98,7 @@ func (ua *unpackAgent) sendLayer(t *testing.T, l layer, mounts []*unpackv1.Mount
 		t.Fatalf("first reply %v, want accepted or error", rep)
 	}
 	if blob == nil {
-		blob = bytes.NewReader(l.blob)
+		blob = bytes.NewReader(l.Blob)
 	}
 	go io.Copy(conn, blob)
 	if rep, err = unpackv1.ReadReply(conn); err != nil {
@@ -192,107 +135,6 @@ func mkdirs(t *testing.T, dirs ...string) {
 	}
 }
 
-// treeSnapshot describes every entry beneath root: type, mode, owner,
-// size, content digest, link target, device, xattrs and mtime.
-func treeSnapshot(t *testing.T, root string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
-		}
-		desc := fmt.Sprintf("mode=%o uid=%d gid=%d", st.Mode, st.Uid, st.Gid)
-		if rel != "." {
-			desc += fmt.Sprintf(" mtime=%d", st.Mtim.Sec)
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFREG:
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			desc += fmt.Sprintf(" size=%d sha=%x nlink=%d", len(b), sha256.Sum256(b), st.Nlink)
-		case unix.S_IFLNK:
-			target, _ := os.Readlink(p)
-			desc += " -> " + target
-		case unix.S_IFCHR, unix.S_IFBLK:
-			desc += fmt.Sprintf(" rdev=%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFLNK {
-			buf := make([]byte, 4096)
-			n, _ := unix.Llistxattr(p, buf)
-			var names []string
-			for _, x := range strings.Split(string(buf[:n]), "\x00") {
-				if x != "" {
-					names = append(names, x)
-				}
-			}
-			sort.Strings(names)
-			for _, x := range names {
-				v := make([]byte, 4096)
-				vn, _ := unix.Lgetxattr(p, x, v)
-				desc += fmt.Sprintf(" %s=%q", x, v[:max(vn, 0)])
-			}
-		}
-		out[rel] = desc
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func diffTrees(t *testing.T, what string, got, want map[string]string) {
-	t.Helper()
-	for p, w := range want {
-		if g, ok := got[p]; !ok {
-			t.Errorf("%s: %s missing", what, p)
-		} else if g != w {
-			t.Errorf("%s: %s:\n got  %s\n want %s", what, p, g, w)
-		}
-	}
-	for p := range got {
-		if _, ok := want[p]; !ok {
-			t.Errorf("%s: unexpected %s", what, p)
-		}
-	}
-}
-
-// testLayers are two layers exercising what image layers hold: modes incl.
-// setuid and sticky, owners, hard links, symlinks, fifos, xattrs, a
-// directory the tar does not list (its parent's attributes come from the
-// lower layer), and in the second layer a whiteout and an opaque directory.
-func testLayers(t *testing.T) (layer, layer) {
-	suid := fileE("bin/su", "setuid", 0o4755, 0)
-	xattr := fileE("etc/cap", "x", 0o644, 0)
-	xattr.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.test": "value", "SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"}
-	l1 := makeLayer(t, []entry{
-		dirE("bin", 0o755, 0), suid,
-		dirE("etc", 0o755, 0), fileE("etc/passwd", "root:x:0:0::/root:/bin/sh\n", 0o644, 0), xattr,
-		dirE("home", 0o755, 0), dirE("home/user", 0o700, 1000), fileE("home/user/.profile", "export A=1\n", 0o600, 1000),
-		dirE("tmp", 0o1777, 0),
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/sh", Linkname: "busybox"}},
-		fileE("bin/busybox", strings.Repeat("busybox ", 4096), 0o755, 0),
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "bin/ls", Linkname: "bin/busybox"}},
-		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "tmp/fifo", Mode: 0o600}},
-		dirE("var", 0o711, 0), dirE("var/lib", 0o750, 0), fileE("var/lib/old", "old", 0o644, 0),
-		dirE("opt", 0o755, 0), dirE("opt/app", 0o755, 0), fileE("opt/app/a", "a", 0o644, 0), fileE("opt/app/b", "b", 0o644, 0),
-	}, true)
-	l2 := makeLayer(t, []entry{
-		fileE("etc/.wh.passwd", "", 0o644, 0),
-		fileE("opt/app/.wh..wh..opq", "", 0o644, 0), fileE("opt/app/c", "c", 0o644, 0),
-		fileE("var/lib/new/file", "new", 0o640, 1000), // var/lib/new and var/lib not in this tar
-		fileE("home/user/.profile", "export A=2\n", 0o600, 1000),
-	}, true)
-	return l1, l2
-}
-
 // TestUnpackMatchesContainerd extracts two layers through the unpack
 // channel (the first onto a bind mount, the second onto an overlay upperdir,
 // as the overlayfs snapshotter hands them out) and the same layers with
@@ -300,7 +142,7 @@ func testLayers(t *testing.T) (layer, layer) {
 // must be identical.
 func TestUnpackMatchesContainerd(t *testing.T) {
 	ua := newUnpackAgent(t, nil)
-	l1, l2 := testLayers(t)
+	l1, l2 := testlayer.Pair(t)
 
 	ours := filepath.Join(ua.dir, "ours")
 	ref := filepath.Join(ua.dir, "ref")
@@ -324,16 +166,16 @@ func TestUnpackMatchesContainerd(t *testing.T) {
 	applier := apply.NewFileSystemApplier(cs)
 	var want []ocispec.Descriptor
 	for i, step := range []struct {
-		l      layer
+		l      testlayer.Layer
 		mounts []*unpackv1.Mount
 	}{
 		{l1, bindMount(filepath.Join(ref, "1/fs"))},
 		{l2, overlayMount(filepath.Join(ref, "2/fs"), filepath.Join(ref, "2/work"), filepath.Join(ref, "1/fs"))},
 	} {
-		if err := content.WriteBlob(ctx, cs, fmt.Sprint("l", i), bytes.NewReader(step.l.blob), step.l.desc); err != nil {
+		if err := content.WriteBlob(ctx, cs, fmt.Sprint("l", i), bytes.NewReader(step.l.Blob), step.l.Desc); err != nil {
 			t.Fatal(err)
 		}
-		d, err := applier.Apply(ctx, step.l.desc, toMounts(step.mounts))
+		d, err := applier.Apply(ctx, step.l.Desc, toMounts(step.mounts))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -344,11 +186,11 @@ func TestUnpackMatchesContainerd(t *testing.T) {
 			t.Errorf("layer %d: host says %s (%d bytes), containerd %s (%d bytes)", i+1, g.Digest, g.Size, want[i].Digest, want[i].Size)
 		}
 	}
-	if got1.Digest != l1.diffID.String() || got2.Digest != l2.diffID.String() {
-		t.Errorf("diff IDs %s %s, want %s %s", got1.Digest, got2.Digest, l1.diffID, l2.diffID)
+	if got1.Digest != l1.DiffID.String() || got2.Digest != l2.DiffID.String() {
+		t.Errorf("diff IDs %s %s, want %s %s", got1.Digest, got2.Digest, l1.DiffID, l2.DiffID)
 	}
 	for _, d := range []string{"1/fs", "2/fs"} {
-		diffTrees(t, d, treeSnapshot(t, filepath.Join(ours, d)), treeSnapshot(t, filepath.Join(ref, d)))
+		testlayer.DiffTrees(t, d, testlayer.Tree(t, filepath.Join(ours, d)), testlayer.Tree(t, filepath.Join(ref, d)))
 	}
 	if isMountPoint(ua.svc.unpackStage) || isMountPoint(filepath.Join(ua.svc.unpackStage, "upper")) {
 		t.Error("the confined extraction's mounts are visible in the host's mount namespace")
@@ -377,7 +219,7 @@ func TestUnpackMatchesContainerd(t *testing.T) {
 // nothing behind.
 func TestUnpackRefusals(t *testing.T) {
 	ua := newUnpackAgent(t, nil)
-	l1, _ := testLayers(t)
+	l1, _ := testlayer.Pair(t)
 	target := filepath.Join(ua.dir, "1/fs")
 	mkdirs(t, target)
 	outside := t.TempDir()
@@ -385,10 +227,10 @@ func TestUnpackRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	encrypted := l1
-	encrypted.mediaType = ocispec.MediaTypeImageLayerGzip + "+encrypted"
+	encrypted.Desc.MediaType = ocispec.MediaTypeImageLayerGzip + "+encrypted"
 	for _, c := range []struct {
 		name   string
-		l      layer
+		l      testlayer.Layer
 		mounts []*unpackv1.Mount
 		is     func(error) bool
 	}{
@@ -427,7 +269,7 @@ func (errReader) Read([]byte) (int, error) { return 0, errors.New("blob read aft
 // and the connection closed, never a hang.
 func TestUnpackBadBlobs(t *testing.T) {
 	ua := newUnpackAgent(t, nil)
-	l1, _ := testLayers(t)
+	l1, _ := testlayer.Pair(t)
 	n := 0
 	target := func() string {
 		n++
@@ -437,23 +279,23 @@ func TestUnpackBadBlobs(t *testing.T) {
 	}
 
 	wrong := l1
-	wrong.desc.Digest = digest.FromString("something else")
+	wrong.Desc.Digest = digest.FromString("something else")
 	if _, err := ua.sendLayer(t, wrong, bindMount(target()), nil); !errdefs.IsFailedPrecondition(err) {
 		t.Errorf("wrong digest: %v", err)
 	}
 
 	short := l1
-	short.desc.Size += 100 // the client sends 100 bytes fewer than it announced, then closes
+	short.Desc.Size += 100 // the client sends 100 bytes fewer than it announced, then closes
 	conn, err := net.Dial("unix", ua.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	unpackv1.WriteFrame(conn, &unpackv1.ApplyRequest{ProtocolVersion: 1, MediaType: short.mediaType, Digest: short.desc.Digest.String(),
-		Size: short.desc.Size, Mounts: bindMount(target())})
+	unpackv1.WriteFrame(conn, &unpackv1.ApplyRequest{ProtocolVersion: 1, MediaType: short.Desc.MediaType, Digest: short.Desc.Digest.String(),
+		Size: short.Desc.Size, Mounts: bindMount(target())})
 	if rep, err := unpackv1.ReadReply(conn); err != nil || rep.GetAccepted() == nil {
 		t.Fatalf("truncated blob: first reply %v %v", rep, err)
 	}
-	conn.Write(short.blob)
+	conn.Write(short.Blob)
 	conn.(*net.UnixConn).CloseWrite()
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if rep, err := unpackv1.ReadReply(conn); err != nil || rep.GetError() == nil {
@@ -462,14 +304,14 @@ func TestUnpackBadBlobs(t *testing.T) {
 	conn.Close()
 
 	corrupt := l1
-	corrupt.blob = append([]byte(nil), l1.blob...)
-	corrupt.blob[len(corrupt.blob)/2] ^= 0xff
-	corrupt.desc.Digest = digest.FromBytes(corrupt.blob)
+	corrupt.Blob = append([]byte(nil), l1.Blob...)
+	corrupt.Blob[len(corrupt.Blob)/2] ^= 0xff
+	corrupt.Desc.Digest = digest.FromBytes(corrupt.Blob)
 	if _, err := ua.sendLayer(t, corrupt, bindMount(target()), nil); err == nil {
 		t.Error("corrupt gzip stream applied")
 	}
 
-	dev := makeLayer(t, []entry{{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "null", Mode: 0o666, Devmajor: 1, Devminor: 3}}}, false)
+	dev := testlayer.Make(t, []testlayer.Entry{{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "null", Mode: 0o666, Devmajor: 1, Devminor: 3}}}, false)
 	devTarget := target()
 	if _, err := ua.sendLayer(t, dev, bindMount(devTarget), nil); !errdefs.IsPermissionDenied(err) {
 		t.Errorf("device node: %v", err)
@@ -477,7 +319,7 @@ func TestUnpackBadBlobs(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(devTarget, "null")); err == nil {
 		t.Error("device node created although allow_devices is off")
 	}
-	whiteout := makeLayer(t, []entry{{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "gone", Mode: 0o666}}}, false)
+	whiteout := testlayer.Make(t, []testlayer.Entry{{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "gone", Mode: 0o666}}}, false)
 	if _, err := ua.sendLayer(t, whiteout, bindMount(target()), nil); err != nil {
 		t.Errorf("a 0/0 whiteout device: %v", err)
 	}
@@ -507,7 +349,7 @@ func TestUnpackAllowDevices(t *testing.T) {
 	ua := newUnpackAgent(t, func(c *Config) { c.Unpack.AllowDevices = true })
 	d := filepath.Join(ua.dir, "fs")
 	mkdirs(t, d)
-	dev := makeLayer(t, []entry{{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "null", Mode: 0o666, Devmajor: 1, Devminor: 3}}}, false)
+	dev := testlayer.Make(t, []testlayer.Entry{{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "null", Mode: 0o666, Devmajor: 1, Devminor: 3}}}, false)
 	if _, err := ua.sendLayer(t, dev, bindMount(d), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -519,12 +361,12 @@ func TestUnpackAllowDevices(t *testing.T) {
 
 // raceLayer is a layer whose many files sit in directory "d", and a racer
 // that keeps swapping dir/d for a symlink to outside and back.
-func raceLayer(t *testing.T) layer {
-	es := []entry{dirE("d", 0o755, 0)}
+func raceLayer(t *testing.T) testlayer.Layer {
+	es := []testlayer.Entry{testlayer.Dir("d", 0o755, 0)}
 	for i := 0; i < 3000; i++ {
-		es = append(es, fileE(fmt.Sprintf("d/f%04d", i), "x", 0o644, 0))
+		es = append(es, testlayer.File(fmt.Sprintf("d/f%04d", i), "x", 0o644, 0))
 	}
-	return makeLayer(t, es, false)
+	return testlayer.Make(t, es, false)
 }
 
 func swapRacer(t *testing.T, dir, outside string) (stop func() int) {
@@ -568,7 +410,7 @@ func TestUnpackConfinedAgainstSwaps(t *testing.T) {
 		dir := filepath.Join(ua.dir, fmt.Sprint("direct", i))
 		mkdirs(t, filepath.Join(dir, "d"))
 		stop := swapRacer(t, dir, outside)
-		_, err := archive.Apply(context.Background(), dir, bytes.NewReader(l.blob))
+		_, err := archive.Apply(context.Background(), dir, bytes.NewReader(l.Blob))
 		swaps := stop()
 		t.Logf("direct %d: %d swaps, %v", i, swaps, err)
 		ents, _ := os.ReadDir(outside)
