@@ -119,8 +119,8 @@ func TestImageUnpackOnHost(t *testing.T) {
 	// the DPU.
 	log := strings.TrimPrefix(differLog(t), before)
 	for _, ns := range []string{dpuSide.ns, xfer.ns} {
-		host := regexp.MustCompile(`(?m)"layer extracted on the host".*namespace=` + regexp.QuoteMeta(ns) + `(?:\s|$)`).FindAllString(log, -1)
-		local := regexp.MustCompile(`(?m)extracted on the DPU.*namespace=` + regexp.QuoteMeta(ns) + `(?:\s|$)`).FindAllString(log, -1)
+		host := regexp.MustCompile(`(?m)"layer extracted on the host".*namespace=`+regexp.QuoteMeta(ns)+`(?:\s|$)`).FindAllString(log, -1)
+		local := regexp.MustCompile(`(?m)extracted on the DPU.*namespace=`+regexp.QuoteMeta(ns)+`(?:\s|$)`).FindAllString(log, -1)
 		if len(host) != 4 || len(local) != 0 {
 			t.Errorf("namespace %s: %d layers extracted on the host, %d on the DPU; want 4 and 0\n%s", ns, len(host), len(local), log)
 		}
