@@ -11,12 +11,10 @@ import (
 	"runtime"
 	"strings"
 
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
 	unpackv1 "github.com/dpu-offload/offload/api/unpack/v1"
@@ -34,24 +32,6 @@ type UnpackConfig struct {
 	AllowDevices bool `toml:"allow_devices"`
 	// MaxConcurrent bounds the layers extracted at once; default 4.
 	MaxConcurrent int `toml:"max_concurrent"`
-}
-
-// layerMediaTypes are the layer types the host extracts itself: plain,
-// gzip and zstd tar. Anything else (encrypted layers, types that need a
-// stream processor configured in the DPU's containerd) is answered
-// NotImplemented and extracted on the DPU.
-var layerMediaTypes = map[string]bool{
-	ocispec.MediaTypeImageLayer:                     true,
-	ocispec.MediaTypeImageLayerGzip:                 true,
-	ocispec.MediaTypeImageLayerZstd:                 true,
-	ocispec.MediaTypeImageLayerNonDistributable:     true, //nolint:staticcheck // still served by registries
-	ocispec.MediaTypeImageLayerNonDistributableGzip: true, //nolint:staticcheck
-	ocispec.MediaTypeImageLayerNonDistributableZstd: true, //nolint:staticcheck
-	images.MediaTypeDockerSchema2Layer:              true,
-	images.MediaTypeDockerSchema2LayerGzip:          true,
-	images.MediaTypeDockerSchema2LayerZstd:          true,
-	images.MediaTypeDockerSchema2LayerForeign:       true,
-	images.MediaTypeDockerSchema2LayerForeignGzip:   true,
 }
 
 // unpackTarget is a validated ApplyRequest: the directory to extract into
@@ -79,7 +59,7 @@ func (t *unpackTarget) release() {
 // overlay mount with an upperdir (applied directly into the upperdir, as
 // containerd's own applier does).
 func (p mountPolicy) prepareUnpack(req *unpackv1.ApplyRequest) (_ *unpackTarget, retErr error) {
-	if !layerMediaTypes[req.GetMediaType()] {
+	if !unpackv1.LayerMediaTypes[req.GetMediaType()] {
 		return nil, fmt.Errorf("media type %q is not a layer the host extracts: %w", req.GetMediaType(), errdefs.ErrNotImplemented)
 	}
 	dgst, err := digest.Parse(req.GetDigest())

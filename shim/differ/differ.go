@@ -158,6 +158,14 @@ func (s *Service) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*diffap
 		opts = append(opts, diff.WithPayloads(payloads))
 	}
 	opts = append(opts, diff.WithSyncFs(req.GetSyncFs()))
+	if !unpackv1.LayerMediaTypes[desc.MediaType] {
+		// A layer type only a stream processor configured in containerd
+		// understands (containerd's built-in handlers would take an
+		// encrypted layer for a plain tar): Unimplemented lets the diff
+		// service try the next differ (walking), which runs inside
+		// containerd and has them.
+		return nil, status.Errorf(codes.Unimplemented, "offload-differ does not extract %s layers", desc.MediaType)
+	}
 	d, err := s.local.Apply(ctx, desc, mounts, opts...)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)

@@ -261,6 +261,13 @@ func TestHostDeclines(t *testing.T) {
 	if _, err := r.applier.Compare(nsCtx(), bind("/a"), bind("/b")); !errdefs.IsNotImplemented(err) {
 		t.Fatalf("compare: %v", err)
 	}
+	// A layer type that needs a stream processor containerd has and this
+	// differ has not: NotImplemented, so the diff service tries walking.
+	enc := l1
+	enc.Desc.MediaType = ocispec.MediaTypeImageLayerGzip + "+encrypted"
+	if _, err := r.apply.Apply(nsCtx(), enc.Desc, bind("/elsewhere")); !errdefs.IsNotImplemented(err) {
+		t.Fatalf("a layer needing a stream processor: %v", err)
+	}
 }
 
 // TestAgentWithoutUnpackChannel: an agent that closes the unpack channel

@@ -9,6 +9,24 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// LayerMediaTypes are the layer types the host extracts: plain, gzip and
+// zstd tar, in their OCI and Docker spellings. Anything else (encrypted
+// layers, types that need a stream processor configured in the DPU's
+// containerd) is declined with NotImplemented.
+var LayerMediaTypes = map[string]bool{
+	"application/vnd.oci.image.layer.v1.tar":                       true,
+	"application/vnd.oci.image.layer.v1.tar+gzip":                  true,
+	"application/vnd.oci.image.layer.v1.tar+zstd":                  true,
+	"application/vnd.oci.image.layer.nondistributable.v1.tar":      true,
+	"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": true,
+	"application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": true,
+	"application/vnd.docker.image.rootfs.diff.tar":                 true,
+	"application/vnd.docker.image.rootfs.diff.tar.gzip":            true,
+	"application/vnd.docker.image.rootfs.diff.tar.zstd":            true,
+	"application/vnd.docker.image.rootfs.foreign.diff.tar":         true,
+	"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":    true,
+}
+
 // MaxFrameSize bounds one frame's payload. An ApplyRequest's size is
 // dominated by the overlay lowerdir option, which lists every parent layer's
 // directory (containerd caps an image at 128 layers: ~10 KiB of paths); 64 KiB
