@@ -20,6 +20,12 @@ const headerTimeout = 10 * time.Second
 // names a process stream in its StdioAttach header and then carries that
 // stream's raw bytes (docs/runtime-protocol.md).
 func (s *Service) ServeStdio(l net.Listener) error {
+	return serveConns(l, "stdio", s.handleStdio)
+}
+
+// serveConns hands each connection accepted on l to handle, in a goroutine
+// of its own, until l is closed.
+func serveConns(l net.Listener, channel string, handle func(net.Conn)) error {
 	for {
 		conn, err := l.Accept()
 		if err != nil {
@@ -31,9 +37,9 @@ func (s *Service) ServeStdio(l net.Listener) error {
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
-			return fmt.Errorf("accept stdio: %w", err)
+			return fmt.Errorf("accept %s: %w", channel, err)
 		}
-		go s.handleStdio(conn)
+		go handle(conn)
 	}
 }
 

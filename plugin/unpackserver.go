@@ -2,7 +2,6 @@ package plugin
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,21 +24,7 @@ const unpackIdle = time.Minute
 // carries one layer blob to extract beneath the allowed mount prefixes
 // (docs/unpack-protocol.md).
 func (s *Service) ServeUnpack(l net.Listener) error {
-	for {
-		conn, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
-			}
-			return fmt.Errorf("accept unpack: %w", err)
-		}
-		go s.handleUnpack(conn)
-	}
+	return serveConns(l, "unpack", s.handleUnpack)
 }
 
 func (s *Service) handleUnpack(conn net.Conn) {
