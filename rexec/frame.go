@@ -1,7 +1,6 @@
 package rexec
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	rexecv1 "github.com/dpu-offload/offload/api/rexec/v1"
+	"github.com/dpu-offload/offload/api/transport"
 )
 
 // MaxFrameSize bounds one frame's payload. An ExecRequest carries argv and the
@@ -18,44 +18,26 @@ import (
 const MaxFrameSize = 1 << 20
 
 // errFrameTooLarge is returned for a length prefix beyond MaxFrameSize.
-var errFrameTooLarge = errors.New("rexec: frame too large")
+var errFrameTooLarge = transport.ErrFrameTooLarge
 
-// writeFrame writes m as a 4-byte big-endian length and its encoding, in a
-// single Write so concurrent writers only need to serialise whole calls.
+// writeFrame writes m as one frame, in a single Write so concurrent writers
+// only need to serialise whole calls.
 func writeFrame(w io.Writer, m proto.Message) error {
-	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 4, 64), m)
-	if err != nil {
-		return fmt.Errorf("rexec: encode frame: %w", err)
+	if err := transport.WriteFrame(w, m, MaxFrameSize); err != nil {
+		return fmt.Errorf("rexec: %w", err)
 	}
-	n := len(b) - 4
-	if n > MaxFrameSize {
-		return fmt.Errorf("rexec: encode frame of %d bytes: %w", n, errFrameTooLarge)
-	}
-	binary.BigEndian.PutUint32(b, uint32(n))
-	_, err = w.Write(b)
-	return err
+	return nil
 }
 
 // readFrame reads one frame into m. It reads exactly the frame's bytes and
 // nothing after it, so a data connection's raw bytes stay in the connection.
+// io.EOF (unwrapped) is a clean close between frames.
 func readFrame(r io.Reader, m proto.Message) error {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return err // io.EOF: clean close between frames
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrameSize {
-		return fmt.Errorf("rexec: frame of %d bytes: %w", n, errFrameTooLarge)
-	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
+	if err := transport.ReadFrame(r, m, MaxFrameSize); err != nil {
 		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+			return err
 		}
-		return fmt.Errorf("rexec: read frame body: %w", err)
-	}
-	if err := proto.Unmarshal(b, m); err != nil {
-		return fmt.Errorf("rexec: decode frame: %w", err)
+		return fmt.Errorf("rexec: %w", err)
 	}
 	return nil
 }

@@ -1,12 +1,13 @@
 package unpackv1
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 
 	"google.golang.org/protobuf/proto"
+
+	"github.com/dpu-offload/offload/api/transport"
 )
 
 // LayerMediaTypes are the layer types the host extracts: plain, gzip and
@@ -33,23 +34,13 @@ var LayerMediaTypes = map[string]bool{
 // leaves room and keeps a hostile peer from making the other side allocate.
 const MaxFrameSize = 64 << 10
 
-// ErrFrameTooLarge is returned for a length prefix beyond MaxFrameSize.
-var ErrFrameTooLarge = errors.New("unpack: frame too large")
+// ErrFrameTooLarge is returned for a length beyond MaxFrameSize.
+var ErrFrameTooLarge = transport.ErrFrameTooLarge
 
-// WriteFrame writes m as a 4-byte big-endian length and its encoding, in a
-// single Write.
+// WriteFrame writes m as one frame.
 func WriteFrame(w io.Writer, m proto.Message) error {
-	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 4, 256), m)
-	if err != nil {
-		return fmt.Errorf("unpack: encode frame: %w", err)
-	}
-	n := len(b) - 4
-	if n > MaxFrameSize {
-		return fmt.Errorf("unpack: encode frame of %d bytes: %w", n, ErrFrameTooLarge)
-	}
-	binary.BigEndian.PutUint32(b, uint32(n))
-	if _, err := w.Write(b); err != nil {
-		return fmt.Errorf("unpack: write frame: %w", err)
+	if err := transport.WriteFrame(w, m, MaxFrameSize); err != nil {
+		return fmt.Errorf("unpack: %w", err)
 	}
 	return nil
 }
@@ -57,26 +48,11 @@ func WriteFrame(w io.Writer, m proto.Message) error {
 // readFrame reads one frame into m. It reads exactly the frame's bytes, so
 // the raw blob that follows a request stays unread in r.
 func readFrame(r io.Reader, m proto.Message) error {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	if err := transport.ReadFrame(r, m, MaxFrameSize); err != nil {
 		if err == io.EOF {
 			return fmt.Errorf("unpack: connection closed before a frame: %w", io.ErrUnexpectedEOF)
 		}
-		return fmt.Errorf("unpack: read frame length: %w", err)
-	}
-	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrameSize {
-		return fmt.Errorf("unpack: frame of %d bytes: %w", n, ErrFrameTooLarge)
-	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return fmt.Errorf("unpack: read frame body: %w", err)
-	}
-	if err := proto.Unmarshal(b, m); err != nil {
-		return fmt.Errorf("unpack: decode frame: %w", err)
+		return fmt.Errorf("unpack: %w", err)
 	}
 	return nil
 }
