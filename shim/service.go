@@ -553,35 +553,29 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 
 // Pause freezes the container on the host.
 func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*emptypb.Empty, error) {
-	c, err := s.getContainer(r.ID)
-	if err != nil {
-		return nil, toContainerd(err)
-	}
-	err = s.call(ctx, func(ctx context.Context, link *agentLink) error {
-		_, err := link.api.Pause(ctx, c.init.ref(s.namespace))
-		return err
-	})
-	if err != nil {
-		return nil, toContainerd(err)
-	}
-	s.send(&eventstypes.TaskPaused{ContainerID: c.id})
-	return empty, nil
+	return s.freeze(ctx, r.ID, runtimev1.AgentClient.Pause, &eventstypes.TaskPaused{ContainerID: r.ID})
 }
 
 // Resume thaws the container on the host.
 func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*emptypb.Empty, error) {
-	c, err := s.getContainer(r.ID)
+	return s.freeze(ctx, r.ID, runtimev1.AgentClient.Resume, &eventstypes.TaskResumed{ContainerID: r.ID})
+}
+
+// freeze forwards Pause or Resume of container id and publishes ev once
+// the host has done it.
+func (s *service) freeze(ctx context.Context, id string, rpc func(runtimev1.AgentClient, context.Context, *runtimev1.ProcessRef) (*emptypb.Empty, error), ev any) (*emptypb.Empty, error) {
+	c, err := s.getContainer(id)
 	if err != nil {
 		return nil, toContainerd(err)
 	}
 	err = s.call(ctx, func(ctx context.Context, link *agentLink) error {
-		_, err := link.api.Resume(ctx, c.init.ref(s.namespace))
+		_, err := rpc(link.api, ctx, c.init.ref(s.namespace))
 		return err
 	})
 	if err != nil {
 		return nil, toContainerd(err)
 	}
-	s.send(&eventstypes.TaskResumed{ContainerID: c.id})
+	s.send(ev)
 	return empty, nil
 }
 
