@@ -301,7 +301,12 @@ func DPUInitPid() (int, error) {
 // Main is the TestMain of e2e packages: it requires root, brings the testbed
 // up (bounded to 10 minutes), runs the tests and exits. It leaves the testbed
 // up for the next package.
-func Main(m *testing.M) {
+func Main(m *testing.M) { MainWith(m, nil, nil) }
+
+// MainWith is Main for suites that start something of their own (a server
+// on the host side, say): setup runs after the testbed is up, and teardown
+// after the tests, also when setup failed part-way.
+func MainWith(m *testing.M, setup func() error, teardown func()) {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "testbed: e2e tests must run as root")
 		os.Exit(1)
@@ -317,5 +322,17 @@ func Main(m *testing.M) {
 	if d := time.Since(t0); d > 2*time.Second {
 		fmt.Fprintf(os.Stderr, "testbed: up in %.1fs\n", d.Seconds())
 	}
-	os.Exit(m.Run())
+	code := 1
+	if setup != nil {
+		err = setup()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testbed: suite setup: %v\n", err)
+	} else {
+		code = m.Run()
+	}
+	if teardown != nil {
+		teardown()
+	}
+	os.Exit(code)
 }

@@ -41,28 +41,13 @@ var bed struct {
 }
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "qtfs e2e: must run as root")
-		os.Exit(1)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	err := testbed.Up(ctx)
-	cancel()
-	if err == nil {
-		err = setup()
-	}
-	code := 1
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "qtfs e2e:", err)
-	} else {
-		code = m.Run()
-	}
-	stopServer()
-	os.RemoveAll(bed.dir)
-	if bed.ctd != "" {
-		os.RemoveAll(bed.ctd)
-	}
-	os.Exit(code)
+	testbed.MainWith(m, setup, func() {
+		stopServer()
+		os.RemoveAll(bed.dir)
+		if bed.ctd != "" {
+			os.RemoveAll(bed.ctd)
+		}
+	})
 }
 
 func setup() error {

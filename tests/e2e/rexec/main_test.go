@@ -35,26 +35,7 @@ var bed struct {
 	server     *exec.Cmd
 }
 
-func TestMain(m *testing.M) {
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "rexec e2e: must run as root")
-		os.Exit(1)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	err := testbed.Up(ctx)
-	cancel()
-	if err == nil {
-		err = setup()
-	}
-	code := 1
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "rexec e2e:", err)
-	} else {
-		code = m.Run()
-	}
-	teardown()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbed.MainWith(m, setup, teardown) }
 
 func setup() error {
 	var err error
