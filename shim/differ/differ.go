@@ -265,7 +265,7 @@ func (s *Service) applyOnHost(ctx context.Context, ns string, desc ocispec.Descr
 	deadline, _ := dctx.Deadline()
 	conn.SetDeadline(deadline)
 	if err := unpackv1.WriteFrame(conn, req); err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
+		return ocispec.Descriptor{}, s.noAnswer(ctx, err)
 	}
 	rep, err := unpackv1.ReadReply(conn)
 	if err != nil {
@@ -317,7 +317,7 @@ func (s *Service) applyOnHost(ctx context.Context, ns string, desc ocispec.Descr
 // unanswered; such a host declines, like one that answers NotImplemented.
 func (s *Service) noAnswer(ctx context.Context, err error) error {
 	var ne net.Error
-	closed := errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+	closed := errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 	if closed && !(errors.As(err, &ne) && ne.Timeout()) {
 		s.warnOnce.Do(func() {
 			log.G(ctx).Warn("offload-agent closed the unpack channel unanswered (an agent without it?); layers are extracted on the DPU")
