@@ -212,6 +212,22 @@ func (c *wireConn) forget(id uint64) {
 	c.mu.Unlock()
 }
 
+// abandon is forget for a request whose caller stops waiting (timeout): if
+// the reply is already on its way to ch (taken from pending by the reader,
+// or failed), it is received and released, so its buffer goes back to the
+// pool.
+func (c *wireConn) abandon(id uint64, ch chan *frame) {
+	c.mu.Lock()
+	_, waiting := c.pending[id]
+	if waiting {
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	if !waiting {
+		go func() { (<-ch).Release() }()
+	}
+}
+
 // socketBuffer lets a whole 1 MiB reply sit in the socket, so the sender does
 // not wait for the receiver once per 200 KiB.
 const socketBuffer = 4 << 20
