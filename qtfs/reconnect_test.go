@@ -114,6 +114,18 @@ func TestMTLS(t *testing.T) {
 	if b, _ := os.ReadFile(tb.host("f")); string(b) != "over tls" {
 		t.Fatalf("host has %q", b)
 	}
+	// Bulk data both ways (1 MiB frames leave as batched TLS records).
+	data := make([]byte, 9<<20+12345)
+	rand.Read(data)
+	must(t, os.WriteFile(tb.dpu("big"), data, 0o644))
+	if b, _ := os.ReadFile(tb.host("big")); !bytes.Equal(b, data) {
+		t.Fatalf("host has %d bytes, not what was written through the mount", len(b))
+	}
+	rand.Read(data[:3<<20])
+	must(t, os.WriteFile(tb.host("big"), data, 0o644))
+	if b, _ := os.ReadFile(tb.dpu("big")); !bytes.Equal(b, data) {
+		t.Fatalf("mount reads %d bytes, not what the host holds", len(b))
+	}
 	mi, err := client.QueryInfo(filepath.Join(filepath.Dir(tb.mnt), "ctl"), tb.mnt)
 	if err != nil || !mi.Connected || mi.Conns != 3 {
 		t.Fatalf("info: %+v %v", mi, err)

@@ -51,12 +51,13 @@ func Dial(ctx context.Context, addr Address, sec Security, channel string) (net.
 			conn.Close()
 			return nil, fmt.Errorf("dial %s: %w", addr, err)
 		}
-		tc := tls.Client(conn, conf)
+		raw := &corkConn{Conn: conn}
+		tc := tls.Client(raw, conf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("dial %s: TLS handshake: %w", addr, err)
 		}
-		conn = tc
+		conn = newTLSConn(tc, raw)
 	} else if addr.Network == NetworkTCP {
 		log.G(ctx).Warnf("INSECURE: connecting to %s without authentication or encryption", addr)
 	}

@@ -180,13 +180,14 @@ func (m *Mux) route(conn net.Conn) {
 	}
 	conn.SetDeadline(time.Now().Add(HandshakeTimeout))
 	if m.tlsConf != nil {
-		tc := tls.Server(conn, m.tlsConf)
+		raw := &corkConn{Conn: conn}
+		tc := tls.Server(raw, m.tlsConf)
 		if err := tc.Handshake(); err != nil {
 			log.G(ctx).WithError(err).Warnf("%s: TLS handshake failed", m.addr)
 			conn.Close()
 			return
 		}
-		conn = tc
+		conn = newTLSConn(tc, raw)
 	}
 	name, err := ReadPreface(conn)
 	if err != nil {

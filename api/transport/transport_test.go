@@ -414,3 +414,64 @@ func TestTLSBatchingKeepsStreamsIntact(t *testing.T) {
 		t.Fatalf("after half-close: %d more bytes, %v; want EOF", len(rest), err)
 	}
 }
+
+// A TLS connection writes a gathered list of buffers in order (how qtfs
+// sends a frame header and its 1 MiB payload) and exposes the TCP socket
+// underneath for socket options.
+func TestTLSWriteBuffers(t *testing.T) {
+	dir := t.TempDir()
+	if err := GenerateCerts(dir, []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	m := startMux(t, Address{Network: NetworkTCP, Host: "127.0.0.1"}, HostSecurity(dir))
+	go echoServe(m.Channel(ChannelQtfs), "q")
+	c, err := Dial(context.Background(), m.Addr(), DPUSecurity(dir), ChannelQtfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if nc, ok := c.(interface{ NetConn() net.Conn }); !ok {
+		t.Errorf("%T has no NetConn", c)
+	} else if _, ok := nc.NetConn().(*net.TCPConn); !ok {
+		t.Errorf("NetConn() is %T, want *net.TCPConn", nc.NetConn())
+	}
+	bw, ok := c.(interface {
+		WriteBuffers([][]byte) (int64, error)
+	})
+	if !ok {
+		t.Fatalf("%T has no WriteBuffers", c)
+	}
+	// The echo comes back while we write: read it concurrently so neither
+	// side waits on a full socket buffer.
+	echoed := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(c)
+		echoed <- b
+	}()
+	var want []byte
+	send := func(bufs ...[]byte) {
+		var n int
+		for _, b := range bufs {
+			want = append(want, b...)
+			n += len(b)
+		}
+		if got, err := bw.WriteBuffers(bufs); err != nil || got != int64(n) {
+			t.Fatalf("WriteBuffers: %d, %v; want %d", got, err, n)
+		}
+	}
+	big := make([]byte, 1<<20+7)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	send([]byte("header+body"), big)
+	send([]byte("x"), []byte("y"))
+	send(big[:40<<10])
+	send(big[:3], big[5:900<<10], big[1:2])
+	if err := CloseWrite(c); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if got := <-echoed; !bytes.Equal(got, append([]byte("q:"), want...)) {
+		t.Fatalf("echoed %d bytes, not the %d written (+2 prefix)", len(got), len(want))
+	}
+}

@@ -9,26 +9,29 @@ import (
 	"time"
 
 	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
+	"github.com/dpu-offload/offload/qtfs/internal/bufpool"
 )
 
 // errConnLost is returned for requests whose connection broke before a reply
 // arrived; the session retries them once it has reconnected.
 var errConnLost = errors.New("qtfs: connection lost")
 
-var bigBufs = sync.Pool{New: func() any { b := make([]byte, qtfsv1.MaxPayload); return &b }}
+// bigBufs holds the receive buffers of replies over 64 KiB (read data);
+// see package bufpool for why they are not heap buffers.
+var bigBufs = bufpool.New(qtfsv1.MaxPayload)
 
 // frame is a received reply; Release returns its buffer.
 type frame struct {
 	hdr     qtfsv1.Header
 	payload []byte
-	bp      *[]byte
+	big     []byte // from bigBufs
 	err     error
 }
 
 func (f *frame) Release() {
-	if f.bp != nil {
-		bigBufs.Put(f.bp)
-		f.bp = nil
+	if f.big != nil {
+		bigBufs.Put(f.big)
+		f.big = nil
 	}
 }
 
@@ -109,8 +112,8 @@ func (c *wireConn) readLoop() {
 		}
 		f := &frame{hdr: h}
 		if h.Len > 64<<10 {
-			f.bp = bigBufs.Get().(*[]byte)
-			f.payload = (*f.bp)[:h.Len]
+			f.big = bigBufs.Get()
+			f.payload = f.big[:h.Len]
 		} else {
 			f.payload = make([]byte, h.Len)
 		}
@@ -207,6 +210,22 @@ func (c *wireConn) forget(id uint64) {
 		delete(c.pending, id)
 	}
 	c.mu.Unlock()
+}
+
+// abandon is forget for a request whose caller stops waiting (timeout): if
+// the reply is already on its way to ch (taken from pending by the reader,
+// or failed), it is received and released, so its buffer goes back to the
+// pool.
+func (c *wireConn) abandon(id uint64, ch chan *frame) {
+	c.mu.Lock()
+	_, waiting := c.pending[id]
+	if waiting {
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	if !waiting {
+		go func() { (<-ch).Release() }()
+	}
 }
 
 // socketBuffer lets a whole 1 MiB reply sit in the socket, so the sender does

@@ -400,7 +400,7 @@ func (s *Session) doCall(want uint64, cls class, req *qtfsv1.Request, prep func(
 			case f = <-ch:
 				t.Stop()
 			case <-t.C:
-				c.forget(id)
+				c.abandon(id, ch)
 				c.fail(errors.New("request timed out"))
 				return nil, nil, syscall.EIO
 			}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/log"
 	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
+	"github.com/dpu-offload/offload/qtfs/internal/bufpool"
 )
 
 // maxInflight bounds the requests one connection may have in progress; the
@@ -29,7 +30,9 @@ type conn struct {
 	waiters map[uint64]chan struct{} // setlkw requests by ID, closed on interrupt
 }
 
-var bigBufs = sync.Pool{New: func() any { b := make([]byte, qtfsv1.MaxPayload); return &b }}
+// bigBufs holds request payloads over 64 KiB (write data) and read buffers;
+// see package bufpool for why they are not heap buffers.
+var bigBufs = bufpool.New(qtfsv1.MaxPayload)
 
 func (c *conn) serve() {
 	defer c.srv.detach(c)
@@ -59,29 +62,33 @@ func (c *conn) serve() {
 			}
 			return
 		}
-		var bp *[]byte
+		var big []byte
 		var buf []byte
 		if h.Len > 64<<10 {
-			bp = bigBufs.Get().(*[]byte)
-			buf = (*bp)[:h.Len]
+			big = bigBufs.Get()
+			buf = big[:h.Len]
 		} else {
 			buf = make([]byte, h.Len)
 		}
 		if _, err := readFull(c.nc, buf); err != nil {
+			bigBufs.Put(big)
 			return
 		}
 		if h.Flags&(qtfsv1.FlagReply|qtfsv1.FlagNotify) != 0 || h.Op == qtfsv1.OpHello {
+			bigBufs.Put(big)
 			l.Warnf("qtfs: unexpected %s frame from client, closing connection", h.Op)
 			c.sendErr(h, syscall.EPROTO)
 			return
 		}
 		req := new(qtfsv1.Request)
 		if err := qtfsv1.DecodeRequest(h.Op, buf, req); err != nil {
+			bigBufs.Put(big)
 			l.WithError(err).Warn("qtfs: malformed request, closing connection")
 			c.sendErr(h, syscall.EPROTO)
 			return
 		}
 		if req.Op == qtfsv1.OpInterrupt {
+			bigBufs.Put(big)
 			c.interrupt(req.Off)
 			continue
 		}
@@ -100,9 +107,7 @@ func (c *conn) serve() {
 			} else {
 				rep, release = c.sess.handle(req)
 			}
-			if bp != nil {
-				bigBufs.Put(bp)
-			}
+			bigBufs.Put(big)
 			if h.Flags&qtfsv1.FlagOneWay != 0 {
 				if release != nil {
 					release()

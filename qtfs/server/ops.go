@@ -2,7 +2,6 @@ package server
 
 import (
 	"runtime/debug"
-	"sync"
 	"syscall"
 	"time"
 
@@ -26,8 +25,6 @@ const (
 
 // LkFlock marks a lock request as flock(2) rather than a POSIX lock.
 const lkFlock = 1
-
-var readBufs = sync.Pool{New: func() any { b := make([]byte, qtfsv1.MaxData); return &b }}
 
 // mutates reports whether req would change the export.
 func mutates(req *qtfsv1.Request) bool {
@@ -676,9 +673,9 @@ func (ss *session) read(req *qtfsv1.Request, rep *qtfsv1.Reply) (func(), error) 
 	if size > qtfsv1.MaxData {
 		size = qtfsv1.MaxData
 	}
-	bp := readBufs.Get().(*[]byte)
-	release := func() { readBufs.Put(bp) }
-	buf := (*bp)[:size]
+	big := bigBufs.Get()
+	release := func() { bigBufs.Put(big) }
+	buf := big[:size]
 	total := 0
 	for total < len(buf) {
 		n, err := unix.Pread(f.fd, buf[total:], int64(req.Off)+int64(total))

@@ -99,7 +99,9 @@ func ReadFrame(r io.Reader, hdr []byte, buf []byte) (Header, []byte, error) {
 // WriteFrame writes header, body and an optional trailing data slice. On
 // sockets with writev (unix, TCP) it is one writev and bulk data is never
 // copied; on other connections (TLS, where every Write becomes at least one
-// record and one syscall) small frames are coalesced into a single Write.
+// record) small frames are coalesced into a single Write, and a large data
+// slice follows its header in the same gathered write where the connection
+// offers one (WriteBuffers).
 func WriteFrame(w io.Writer, h Header, body, data []byte) error {
 	var hb [HeaderSize]byte
 	h.Len = uint32(len(body) + len(data))
@@ -119,16 +121,27 @@ func WriteFrame(w io.Writer, h Header, body, data []byte) error {
 	}
 	bp := frameBufs.Get().(*[]byte)
 	buf := append(append(append((*bp)[:0], hb[:]...), body...), data[:n-HeaderSize-len(body)]...)
-	_, err := w.Write(buf)
+	var err error
+	if n == HeaderSize+len(body)+len(data) {
+		_, err = w.Write(buf)
+	} else if bw, ok := w.(buffersWriter); ok {
+		// One gathered write (api/transport's TLS connections): the
+		// records of the frame leave in a few system calls.
+		_, err = bw.WriteBuffers([][]byte{buf, data})
+	} else if _, err = w.Write(buf); err == nil {
+		_, err = w.Write(data)
+	}
 	if cap(buf) <= 256<<10 {
 		*bp = buf[:0]
 		frameBufs.Put(bp)
 	}
-	if err != nil || n == HeaderSize+len(body)+len(data) {
-		return err
-	}
-	_, err = w.Write(data)
 	return err
+}
+
+// buffersWriter is a connection that writes several buffers in order as
+// cheaply as one (api/transport's TLS connections).
+type buffersWriter interface {
+	WriteBuffers(bufs [][]byte) (int64, error)
 }
 
 // coalesceLimit is the largest data slice copied to save a Write.

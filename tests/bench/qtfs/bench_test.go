@@ -45,7 +45,7 @@ func BenchmarkQtfs(b *testing.B) {
 	}
 
 	// QTFS_BENCH_TARGETS=native,loopback,... limits the run (default: all).
-	want := map[string]bool{"native": true, "loopback": true, "sshfs": true, "qtfs": true}
+	want := map[string]bool{"native": true, "loopback": true, "sshfs": true, "qtfs": true, "qtfs-unix": true}
 	if v := os.Getenv("QTFS_BENCH_TARGETS"); v != "" {
 		want = map[string]bool{}
 		for _, n := range strings.Split(v, ",") {
@@ -85,6 +85,18 @@ func BenchmarkQtfs(b *testing.B) {
 					notes = append(notes, "qtfs over "+mode)
 				}
 			}
+		}
+	}
+
+	if want["qtfs-unix"] {
+		qexport := filepath.Join(base, "qtfs-unix-export")
+		os.MkdirAll(qexport, 0o755)
+		if t, err := qtfsUnixTarget(base, qexport); err != nil {
+			notes = append(notes, "qtfs-unix SKIPPED: "+err.Error())
+		} else {
+			defer t.close()
+			targets = append(targets, t)
+			notes = append(notes, "qtfs-unix over a unix socket (no TLS, no TCP)")
 		}
 	}
 
@@ -236,7 +248,7 @@ func ratio(a, b measure, okA, okB bool) string {
 func report(targets []*target, res map[string]map[string]measure, notes []string) string {
 	var sb strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
-	names := []string{"native", "loopback", "sshfs", "qtfs"}
+	names := []string{"native", "loopback", "sshfs", "qtfs", "qtfs-unix"}
 	get := func(t, w string) (measure, bool) {
 		m, ok := res[t][w]
 		return m, ok
@@ -260,9 +272,10 @@ func report(targets []*target, res map[string]map[string]measure, notes []string
 	}
 	type cmp struct{ a, b string }
 	p("\ntime ratios (>1 = slower than the baseline)\n%-30s", "workload")
-	cols := []cmp{{"loopback", "native"}, {"sshfs", "native"}, {"qtfs", "native"}, {"qtfs", "loopback"}, {"qtfs", "sshfs"}}
+	cols := []cmp{{"loopback", "native"}, {"sshfs", "native"}, {"qtfs", "native"}, {"qtfs", "loopback"}, {"qtfs", "sshfs"},
+		{"qtfs-unix", "loopback"}, {"qtfs", "qtfs-unix"}}
 	for _, c := range cols {
-		p(" %16s", c.a+"/"+c.b)
+		p(" %19s", c.a+"/"+c.b)
 	}
 	p("\n")
 	for _, w := range workloads {
@@ -270,12 +283,12 @@ func report(targets []*target, res map[string]map[string]measure, notes []string
 		for _, c := range cols {
 			a, okA := get(c.a, w)
 			bm, okB := get(c.b, w)
-			p(" %16s", ratio(a, bm, okA, okB))
+			p(" %19s", ratio(a, bm, okA, okB))
 		}
 		p("\n")
 	}
 	p("\nDESIGN.md §5 targets (checked for every FUSE target; only qtfs's count)\n")
-	for _, n := range []string{"qtfs", "loopback", "sshfs"} {
+	for _, n := range []string{"qtfs", "qtfs-unix", "loopback", "sshfs"} {
 		if _, ok := res[n]; !ok {
 			p("%-9s not measured\n", n)
 			continue

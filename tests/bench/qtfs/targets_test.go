@@ -405,11 +405,33 @@ func qtfsTarget(base string, np *netPair, export string) (*target, string, error
 		mode = "plain TCP (--insecure: this qtfs has no --tls-dir flag)"
 	}
 	addr := "tcp://" + hostIP + ":7443"
-	srv := np.inHost(bin, append(append([]string{"serve", "--listen", addr}, secFlags...), "--export", "bench="+export)...)
+	t, err := startQtfs("qtfs", bin, dir, export, addr, secFlags, np.inHost, np.inDPU)
+	return t, mode, err
+}
+
+// qtfsUnixTarget serves and mounts the export over a unix socket in the
+// root namespaces: no TLS and no TCP, so its numbers are the protocol's and
+// FUSE's cost alone (a stand-in for vsock, which cannot be tested end to end
+// on one machine).
+func qtfsUnixTarget(base, export string) (*target, error) {
+	bin, err := qtfsBinary()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(base, "qtfs-unix")
+	os.MkdirAll(dir, 0o700)
+	here := func(name string, args ...string) *exec.Cmd { return exec.Command(name, args...) }
+	return startQtfs("qtfs-unix", bin, dir, export, "unix://"+filepath.Join(dir, "qtfs.sock"), nil, here, here)
+}
+
+// startQtfs starts `qtfs serve` for export on addr with inServer, and
+// returns a target whose mounts run `qtfs mount` with inClient.
+func startQtfs(name, bin, dir, export, addr string, secFlags []string, inServer, inClient func(string, ...string) *exec.Cmd) (*target, error) {
+	srv := inServer(bin, append(append([]string{"serve", "--listen", addr}, secFlags...), "--export", "bench="+export)...)
 	lf, _ := os.Create(filepath.Join(dir, "serve.log"))
 	srv.Stdout, srv.Stderr = lf, lf
 	if err := srv.Start(); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	srvDone := make(chan struct{})
 	go func() { srv.Wait(); lf.Close(); close(srvDone) }()
@@ -422,15 +444,16 @@ func qtfsTarget(base string, np *netPair, export string) (*target, string, error
 			<-srvDone
 		}
 	}
+	base := filepath.Dir(dir)
 	n := 0
 	t := &target{
-		name: "qtfs",
+		name: name,
 		mount: func(exp string) (string, func() error, error) {
 			if exp != export {
-				return "", nil, fmt.Errorf("qtfs target serves %s only", export)
+				return "", nil, fmt.Errorf("%s target serves %s only", name, export)
 			}
 			n++
-			mnt := filepath.Join(base, fmt.Sprintf("qtfs-mnt-%d", n))
+			mnt := filepath.Join(base, fmt.Sprintf("%s-mnt-%d", name, n))
 			if err := os.MkdirAll(mnt, 0o755); err != nil {
 				return "", nil, err
 			}
@@ -439,7 +462,7 @@ func qtfsTarget(base string, np *netPair, export string) (*target, string, error
 			var err error
 			// The server may still be starting: retry the first mount.
 			for try := 0; try < 20; try++ {
-				stopMount, err = startMountProc(np.inDPU(bin, args...), mnt, filepath.Join(dir, fmt.Sprintf("mount-%d.log", n)))
+				stopMount, err = startMountProc(inClient(bin, args...), mnt, filepath.Join(dir, fmt.Sprintf("mount-%d.log", n)))
 				if err == nil {
 					break
 				}
@@ -457,5 +480,5 @@ func qtfsTarget(base string, np *netPair, export string) (*target, string, error
 		},
 		close: stop,
 	}
-	return t, mode, nil
+	return t, nil
 }
