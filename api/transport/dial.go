@@ -12,7 +12,7 @@ import (
 )
 
 // Dial connects to addr, authenticates with sec and opens channel. The
-// returned conn is the underlying connection (a *tls.Conn under mTLS),
+// returned conn is the underlying connection (a TLS connection under mTLS),
 // ready for the channel's own protocol.
 func Dial(ctx context.Context, addr Address, sec Security, channel string) (net.Conn, error) {
 	preface, err := AppendPreface(nil, channel)
