@@ -67,6 +67,9 @@ func (c *rawClient) call(req *qtfsv1.Request) *qtfsv1.Reply {
 	}
 	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	h, p, err := qtfsv1.ReadFrame(c.nc, make([]byte, qtfsv1.HeaderSize), nil)
+	for err == nil && h.Flags&qtfsv1.FlagNotify != 0 { // host changes the test made
+		h, p, err = qtfsv1.ReadFrame(c.nc, make([]byte, qtfsv1.HeaderSize), nil)
+	}
 	if err != nil {
 		c.t.Fatalf("%s: %v", req.Op, err)
 	}
