@@ -86,6 +86,8 @@ type session struct {
 	dead   bool
 
 	watch atomic.Pointer[watcher]
+
+	replies replayCache // FeatReplay
 }
 
 func newSession(s *Server, id [16]byte, exp *export) (*session, error) {
