@@ -2,8 +2,12 @@ package qtfs_test
 
 import (
 	"bytes"
+	"fmt"
 	"os"
+	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
 	"github.com/dpu-offload/offload/qtfs/client"
@@ -108,4 +112,84 @@ func TestLinkDropExactlyOnce(t *testing.T) {
 		t.Errorf("epoch %d -> %d, %d reconnects: want %d reconnects into the same session",
 			before.Epoch, after.Epoch, after.Reconnects, len(steps))
 	}
+}
+
+// TestLinkDropStorm cuts the link every few milliseconds while several
+// writers create, rename and remove files: every call succeeds (none is
+// executed twice and reports EEXIST or ENOENT), and the host ends up with
+// exactly what the calls say.
+func TestLinkDropStorm(t *testing.T) {
+	tb := newTestbed(t, tbOpts{proxy: true})
+	stop := make(chan struct{})
+	cutterDone := make(chan struct{})
+	go func() {
+		defer close(cutterDone)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(15 * time.Millisecond):
+				tb.px.cut()
+			}
+		}
+	}()
+	const writers, rounds = 4, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dir := tb.dpu(fmt.Sprintf("w%d", w))
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				errs <- err
+				return
+			}
+			for i := 0; i < rounds; i++ {
+				a, b := filepath.Join(dir, fmt.Sprint("a", i)), filepath.Join(dir, fmt.Sprint("b", i))
+				f, err := os.OpenFile(a, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+				if err == nil {
+					_, err = f.WriteString(fmt.Sprint(i))
+					if cerr := f.Close(); err == nil {
+						err = cerr
+					}
+				}
+				if err == nil {
+					err = os.Rename(a, b)
+				}
+				if err == nil && i%2 == 0 {
+					err = os.Remove(b)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("writer %d round %d: %w", w, i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	<-cutterDone
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for w := 0; w < writers; w++ {
+		ents, err := os.ReadDir(tb.host(fmt.Sprintf("w%d", w)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ents) != rounds/2 {
+			t.Errorf("host w%d has %d files, want %d", w, len(ents), rounds/2)
+		}
+		for _, e := range ents {
+			var i int
+			if _, err := fmt.Sscanf(e.Name(), "b%d", &i); err != nil || i%2 == 0 {
+				t.Errorf("host w%d has %s", w, e.Name())
+			} else if b, _ := os.ReadFile(tb.host(fmt.Sprintf("w%d/%s", w, e.Name()))); string(b) != fmt.Sprint(i) {
+				t.Errorf("host w%d/%s holds %q", w, e.Name(), b)
+			}
+		}
+	}
+	t.Logf("%d reconnects", tb.m.Session().Info().Reconnects)
 }
