@@ -8,11 +8,11 @@ import (
 )
 
 // replayMax bounds the replies a session remembers. A request is sent again
-// only after a reconnect, for a request that was in flight when the link
-// dropped; until then the client sends nothing new, so the remembered
-// replies a resend needs are among the latest ones, and fewer than the
-// requests the client can have in flight (the kernel's max_background of 64
-// plus one per blocked caller) — far fewer than replayMax.
+// only right after a reconnect, for a request that was in flight when the
+// link dropped (while cut off the client sends nothing), so the remembered
+// replies resends need are among the latest ones, as many as the requests
+// the client had in flight (the kernel's max_background of 64 plus one per
+// blocked caller): far fewer than replayMax.
 const replayMax = 4096
 
 // replayCache remembers, by request ID, the replies of a session's
