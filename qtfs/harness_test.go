@@ -7,9 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
 	"github.com/dpu-offload/offload/api/transport"
 	"github.com/dpu-offload/offload/qtfs/client"
 	"github.com/dpu-offload/offload/qtfs/server"
@@ -145,12 +147,45 @@ func (tb *testbed) host(name string) string { return filepath.Join(tb.export, na
 func (tb *testbed) dpu(name string) string  { return filepath.Join(tb.mnt, name) }
 
 // proxy forwards unix connections byte for byte and can cut them all, as a
-// link drop would, while the server keeps running.
+// link drop would, while the server keeps running. It can also cut them at
+// the moment a chosen reply comes back from the server, which is then lost:
+// the server executed the request, the client never hears of it.
 type proxy struct {
 	path, target string
 	l            net.Listener
 	mu           sync.Mutex
 	conns        []net.Conn
+
+	cutOn   atomic.Uint32 // opcode whose next reply is lost with the link (0: none)
+	lostOps atomic.Int64  // replies lost that way
+}
+
+// cutOnReply arms the proxy: the next reply to op from the server is not
+// forwarded and every connection is cut instead.
+func (p *proxy) cutOnReply(op qtfsv1.Op) { p.cutOn.Store(uint32(op)) }
+
+// toClient copies frames from the server to the client (everything the
+// server sends is frames), cutting the link when an armed reply passes.
+func (p *proxy) toClient(c, u net.Conn) {
+	defer c.Close()
+	hdr := make([]byte, qtfsv1.HeaderSize)
+	var buf []byte
+	for {
+		h, payload, err := qtfsv1.ReadFrame(u, hdr, buf)
+		if err != nil {
+			return
+		}
+		buf = payload[:0]
+		if op := p.cutOn.Load(); op != 0 && h.Flags&qtfsv1.FlagReply != 0 && uint32(h.Op) == op &&
+			p.cutOn.CompareAndSwap(op, 0) {
+			p.lostOps.Add(1)
+			p.cut()
+			return
+		}
+		if err := qtfsv1.WriteFrame(c, h, payload, nil); err != nil {
+			return
+		}
+	}
 }
 
 func startProxy(t *testing.T, path, target string) *proxy {
@@ -175,7 +210,7 @@ func startProxy(t *testing.T, path, target string) *proxy {
 			p.conns = append(p.conns, c, u)
 			p.mu.Unlock()
 			go func() { io.Copy(u, c); u.Close() }()
-			go func() { io.Copy(c, u); c.Close() }()
+			go p.toClient(c, u)
 		}
 	}()
 	return p

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,7 +43,7 @@ type wireConn struct {
 	notify   func(*qtfsv1.Request)
 	wmu      sync.Mutex
 	mu       sync.Mutex
-	nextID   uint64
+	ids      *atomic.Uint64 // request IDs, shared by the session's connections
 	pending  map[uint64]chan *frame
 	err      error
 	dead     chan struct{}
@@ -50,7 +51,7 @@ type wireConn struct {
 }
 
 func newWireConn(nc net.Conn, notify func(*qtfsv1.Request)) *wireConn {
-	return &wireConn{nc: nc, notify: notify, pending: map[uint64]chan *frame{}, dead: make(chan struct{}), nextID: 1}
+	return &wireConn{nc: nc, notify: notify, ids: new(atomic.Uint64), pending: map[uint64]chan *frame{}, dead: make(chan struct{})}
 }
 
 // hello performs the handshake synchronously before the reader starts.
@@ -166,16 +167,29 @@ func readFull(nc net.Conn, b []byte) (int, error) {
 
 var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
-// send writes req and returns the channel its reply arrives on (nil for one-way).
+// send writes req under a new ID and returns the ID and the channel its
+// reply arrives on (nil for one-way).
 func (c *wireConn) send(req *qtfsv1.Request, oneWay bool) (uint64, chan *frame, error) {
+	return c.sendID(req, 0, oneWay)
+}
+
+// sendID is send under a given ID (0: a new one). A request sent again after
+// a lost connection keeps the ID of its first attempt, so that a server with
+// FeatReplay recognises it. The ID is returned even when sending failed.
+func (c *wireConn) sendID(req *qtfsv1.Request, id uint64, oneWay bool) (uint64, chan *frame, error) {
+	if id == 0 {
+		id = c.ids.Add(1)
+	}
 	var ch chan *frame
 	c.mu.Lock()
 	if c.pending == nil {
 		c.mu.Unlock()
-		return 0, nil, errConnLost
+		return id, nil, errConnLost
 	}
-	id := c.nextID
-	c.nextID++
+	if _, busy := c.pending[id]; busy && !oneWay {
+		c.mu.Unlock()
+		return id, nil, fmt.Errorf("qtfs: request ID %d already in flight", id)
+	}
 	if !oneWay {
 		ch = make(chan *frame, 1)
 		c.pending[id] = ch
@@ -186,7 +200,7 @@ func (c *wireConn) send(req *qtfsv1.Request, oneWay bool) (uint64, chan *frame, 
 	body, data, err := qtfsv1.EncodeRequest((*bp)[:0], req)
 	if err != nil {
 		c.forget(id)
-		return 0, nil, err
+		return id, nil, err
 	}
 	flags := uint16(0)
 	if oneWay {
@@ -199,7 +213,7 @@ func (c *wireConn) send(req *qtfsv1.Request, oneWay bool) (uint64, chan *frame, 
 	bodyBufs.Put(bp)
 	if err != nil {
 		c.fail(err)
-		return 0, nil, errConnLost
+		return id, nil, errConnLost
 	}
 	return id, ch, nil
 }

@@ -56,6 +56,7 @@ type Session struct {
 	connected  time.Time
 
 	rr       atomic.Uint64
+	ids      atomic.Uint64 // request IDs: unique in the session (FeatReplay)
 	notifyFn atomic.Pointer[func(*qtfsv1.Request)]
 	forgets  chan forgetItem
 
@@ -116,6 +117,7 @@ func (s *Session) connect(ctx context.Context) error {
 		}
 		setBuffers(nc)
 		c := newWireConn(nc, s.onNotify)
+		c.ids = &s.ids
 		conns = append(conns, c)
 		r, err := c.hello(qtfsv1.Hello{Magic: qtfsv1.Magic, Version: qtfsv1.Version, Features: qtfsv1.FeatAll,
 			Session: s.id, Export: s.opts.Export}, 10*time.Second)
@@ -271,6 +273,7 @@ func (s *Session) call(cancel <-chan struct{}, cls class, req *qtfsv1.Request, p
 // when the caller is interrupted, the server is told to stop waiting, and
 // the reply (EINTR, or success if the lock was granted meanwhile) is returned.
 func (s *Session) callInterruptible(cancel <-chan struct{}, cls class, req *qtfsv1.Request, prep func(epoch uint64) error) (*qtfsv1.Reply, *frame, error) {
+	var id uint64 // kept across attempts (FeatReplay)
 	for {
 		s.mu.Lock()
 		if s.closed {
@@ -298,7 +301,9 @@ func (s *Session) callInterruptible(cancel <-chan struct{}, cls class, req *qtfs
 			}
 		}
 		c := conns[0]
-		id, ch, err := c.send(req, false)
+		var ch chan *frame
+		var err error
+		id, ch, err = c.sendID(req, id, false)
 		if err == errConnLost {
 			continue
 		}
@@ -351,6 +356,10 @@ func (s *Session) callEpoch(want uint64, cls class, req *qtfsv1.Request, prep fu
 
 func (s *Session) doCall(want uint64, cls class, req *qtfsv1.Request, prep func(epoch uint64) error, noTimeout bool, start time.Time) (*qtfsv1.Reply, *frame, error) {
 	deadline := start.Add(s.opts.Timeout)
+	// A request cut by a lost connection is sent again under the same ID:
+	// a server with FeatReplay then answers it from the reply it recorded if
+	// it had executed it, instead of executing a create or unlink twice.
+	var id uint64
 	for {
 		s.mu.Lock()
 		if s.closed {
@@ -380,7 +389,9 @@ func (s *Session) doCall(want uint64, cls class, req *qtfsv1.Request, prep func(
 		if cls == classData && len(conns) > 1 {
 			c = conns[1+int(s.rr.Add(1)%uint64(len(conns)-1))]
 		}
-		id, ch, err := c.send(req, false)
+		var ch chan *frame
+		var err error
+		id, ch, err = c.sendID(req, id, false)
 		if err == errConnLost {
 			continue
 		}

@@ -24,6 +24,8 @@ type conn struct {
 	nc   net.Conn
 	sess *session
 
+	replay bool // FeatReplay negotiated: remember replies of non-idempotent requests
+
 	wmu sync.Mutex
 
 	imu     sync.Mutex
@@ -99,6 +101,15 @@ func (c *conn) serve() {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem }()
+			var re *replayEntry
+			if c.replay && h.Flags&qtfsv1.FlagOneWay == 0 && c.sess.replayed(req) {
+				var dup bool
+				if re, dup = c.sess.replies.begin(h.ID, h.Op); dup {
+					bigBufs.Put(big)
+					c.replayReply(h, re)
+					return
+				}
+			}
 			var rep *qtfsv1.Reply
 			var release func()
 			if intr != nil {
@@ -114,7 +125,7 @@ func (c *conn) serve() {
 				}
 				return
 			}
-			c.replyRelease(h, rep, release)
+			c.replyRecord(h, rep, release, re)
 		}()
 	}
 }
@@ -192,6 +203,7 @@ func (c *conn) handshake(h qtfsv1.Header, p []byte) error {
 	if feats&qtfsv1.FeatNotify != 0 {
 		ss.enableNotify()
 	}
+	c.replay = feats&qtfsv1.FeatReplay != 0
 	rep := &qtfsv1.Reply{Hello: qtfsv1.HelloReply{
 		Version: qtfsv1.Version, Features: feats, Generation: ss.gen, Root: root, ReadOnly: exp.ReadOnly,
 	}}
@@ -210,15 +222,19 @@ func (c *conn) sendErr(h qtfsv1.Header, e syscall.Errno) {
 
 var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-func (c *conn) reply(h qtfsv1.Header, rep *qtfsv1.Reply) { c.replyRelease(h, rep, nil) }
+func (c *conn) reply(h qtfsv1.Header, rep *qtfsv1.Reply) { c.replyRecord(h, rep, nil, nil) }
 
-// replyRelease writes rep and then calls release (returns read buffers to
-// their pool once the data is on the socket).
-func (c *conn) replyRelease(h qtfsv1.Header, rep *qtfsv1.Reply, release func()) {
+// replyRecord writes rep and then calls release (returns read buffers to
+// their pool once the data is on the socket). With re, the encoded reply is
+// remembered first, for a resend of the request.
+func (c *conn) replyRecord(h qtfsv1.Header, rep *qtfsv1.Reply, release func(), re *replayEntry) {
 	bp := bodyBufs.Get().(*[]byte)
 	body, data, err := qtfsv1.EncodeReply((*bp)[:0], h.Op, rep)
 	if err != nil {
 		body, data, _ = qtfsv1.EncodeReply((*bp)[:0], h.Op, &qtfsv1.Reply{Errno: uint32(syscall.EIO)})
+	}
+	if re != nil {
+		re.finish(body, data)
 	}
 	c.wmu.Lock()
 	err = qtfsv1.WriteFrame(c.nc, qtfsv1.Header{Op: h.Op, Flags: qtfsv1.FlagReply, ID: h.ID}, body, data)
@@ -230,6 +246,23 @@ func (c *conn) replyRelease(h qtfsv1.Header, rep *qtfsv1.Reply, release func()) 
 	if release != nil {
 		release()
 	}
+	if err != nil {
+		c.nc.Close()
+	}
+}
+
+// replayReply answers a request whose ID the session has seen with the reply
+// of its first execution, waiting for that execution to finish.
+func (c *conn) replayReply(h qtfsv1.Header, re *replayEntry) {
+	<-re.done
+	if re.op != h.Op {
+		// An ID reused for another request: the client broke the rule.
+		c.sendErr(h, syscall.EPROTO)
+		return
+	}
+	c.wmu.Lock()
+	err := qtfsv1.WriteFrame(c.nc, qtfsv1.Header{Op: h.Op, Flags: qtfsv1.FlagReply, ID: h.ID}, re.payload, nil)
+	c.wmu.Unlock()
 	if err != nil {
 		c.nc.Close()
 	}

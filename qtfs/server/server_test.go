@@ -40,6 +40,11 @@ func startServer(t *testing.T, exports ...Export) (string, *Server) {
 }
 
 func dialRaw(t *testing.T, sock, export string) (*rawClient, *qtfsv1.HelloReply) {
+	return dialSession(t, sock, export, [16]byte{byte(time.Now().UnixNano())}, qtfsv1.FeatAll)
+}
+
+// dialSession opens a connection into session id offering features.
+func dialSession(t *testing.T, sock, export string, id [16]byte, features uint64) (*rawClient, *qtfsv1.HelloReply) {
 	t.Helper()
 	nc, err := net.Dial("unix", sock)
 	if err != nil {
@@ -48,7 +53,7 @@ func dialRaw(t *testing.T, sock, export string) (*rawClient, *qtfsv1.HelloReply)
 	t.Cleanup(func() { nc.Close() })
 	c := &rawClient{t: t, nc: nc}
 	rep := c.call(&qtfsv1.Request{Op: qtfsv1.OpHello, Hello: qtfsv1.Hello{Magic: qtfsv1.Magic, Version: 1,
-		Features: qtfsv1.FeatAll, Session: [16]byte{byte(time.Now().UnixNano())}, Export: export}})
+		Features: features, Session: id, Export: export}})
 	if rep.Errno != 0 {
 		t.Fatalf("hello: %v", syscall.Errno(rep.Errno))
 	}
@@ -58,15 +63,31 @@ func dialRaw(t *testing.T, sock, export string) (*rawClient, *qtfsv1.HelloReply)
 func (c *rawClient) call(req *qtfsv1.Request) *qtfsv1.Reply {
 	c.t.Helper()
 	c.id++
+	return c.callID(req, c.id)
+}
+
+// send writes req under id without waiting for the reply.
+func (c *rawClient) send(req *qtfsv1.Request, id uint64) {
+	c.t.Helper()
 	body, data, err := qtfsv1.EncodeRequest(nil, req)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if err := qtfsv1.WriteFrame(c.nc, qtfsv1.Header{Op: req.Op, ID: c.id}, body, data); err != nil {
+	if err := qtfsv1.WriteFrame(c.nc, qtfsv1.Header{Op: req.Op, ID: id}, body, data); err != nil {
 		c.t.Fatal(err)
 	}
+}
+
+// callID sends req under id and reads its reply.
+func (c *rawClient) callID(req *qtfsv1.Request, id uint64) *qtfsv1.Reply {
+	c.t.Helper()
+	c.send(req, id)
+	c.id = id
 	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	h, p, err := qtfsv1.ReadFrame(c.nc, make([]byte, qtfsv1.HeaderSize), nil)
+	for err == nil && h.Flags&qtfsv1.FlagNotify != 0 { // host changes the test made
+		h, p, err = qtfsv1.ReadFrame(c.nc, make([]byte, qtfsv1.HeaderSize), nil)
+	}
 	if err != nil {
 		c.t.Fatalf("%s: %v", req.Op, err)
 	}

@@ -86,6 +86,8 @@ type session struct {
 	dead   bool
 
 	watch atomic.Pointer[watcher]
+
+	replies replayCache // FeatReplay
 }
 
 func newSession(s *Server, id [16]byte, exp *export) (*session, error) {
@@ -202,11 +204,8 @@ func (ss *session) dirFd(n *node) (int, func(), error) {
 	if n.fd >= 0 {
 		return n.fd, func() {}, nil
 	}
-	fd, err := unix.OpenByHandleAt(ss.exp.mountFd, n.handle, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	fd, err := openHandle(ss.exp.mountFd, n.handle, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
-		if err == unix.ESTALE {
-			err = syscall.ENOENT
-		}
 		return -1, nil, err
 	}
 	return fd, func() { unix.Close(fd) }, nil

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	qtfsv1 "github.com/dpu-offload/offload/api/qtfs/v1"
 	"golang.org/x/sys/unix"
@@ -51,16 +53,59 @@ func (ss *session) pathFd(n *node) (int, func(), error) {
 	if n.fd >= 0 {
 		return n.fd, func() {}, nil
 	}
-	fd, err := unix.OpenByHandleAt(ss.exp.mountFd, n.handle, unix.O_PATH|unix.O_CLOEXEC|unix.O_NOFOLLOW)
+	fd, err := openHandle(ss.exp.mountFd, n.handle, unix.O_PATH|unix.O_CLOEXEC|unix.O_NOFOLLOW)
 	if err != nil {
-		if err == unix.ESTALE {
-			// The inode was unlinked and freed after the client looked it
-			// up: to the client it is a name that no longer exists.
-			return -1, nil, syscall.ENOENT
-		}
 		return -1, nil, err
 	}
 	return fd, func() { unix.Close(fd) }, nil
+}
+
+// openByHandleHook replaces unix.OpenByHandleAt in tests.
+var openByHandleHook atomic.Pointer[func(int, unix.FileHandle, int) (int, error)]
+
+func openByHandleAt(mountFd int, h unix.FileHandle, flags int) (int, error) {
+	if f := openByHandleHook.Load(); f != nil {
+		return (*f)(mountFd, h, flags)
+	}
+	return unix.OpenByHandleAt(mountFd, h, flags)
+}
+
+// openHandle opens the inode behind a file handle. A stale handle (its inode
+// was unlinked and freed after the client looked it up) is, to the client, a
+// name that no longer exists: ENOENT.
+//
+// The kernel may also answer a stale handle with ENOMEM: on ext4, when the
+// freed inode number is being reused by a file created at this very moment,
+// iget_locked finds the new inode still I_CREATING and returns NULL, which
+// ext4_iget reports as ENOMEM (TestStaleHandleInodeReuse shows it; tmpfs does
+// not do this). It is transient: asked again once the creation finished, the
+// kernel compares generations and says ESTALE. So ENOMEM is retried with a
+// short backoff, and reported only if it persists (memory really short).
+func openHandle(mountFd int, h unix.FileHandle, flags int) (int, error) {
+	const budget = 100 * time.Millisecond
+	var start time.Time
+	delay := 10 * time.Microsecond
+	for {
+		fd, err := openByHandleAt(mountFd, h, flags)
+		switch err {
+		case nil:
+			return fd, nil
+		case unix.ESTALE:
+			return -1, syscall.ENOENT
+		case unix.EINTR:
+			continue
+		case unix.ENOMEM:
+			if start.IsZero() {
+				start = time.Now()
+			} else if time.Since(start) > budget {
+				return -1, err
+			}
+			time.Sleep(delay)
+			delay = min(2*delay, 5*time.Millisecond)
+			continue
+		}
+		return -1, err
+	}
 }
 
 // reopen opens n for I/O with flags. Only regular files and directories are
@@ -83,11 +128,7 @@ func (ss *session) reopen(n *node, flags int) (int, error) {
 		return -1, syscall.EACCES
 	}
 	if n.fd < 0 {
-		fd, err := unix.OpenByHandleAt(ss.exp.mountFd, n.handle, flags)
-		if err == unix.ESTALE {
-			err = syscall.ENOENT
-		}
-		return fd, err
+		return openHandle(ss.exp.mountFd, n.handle, flags)
 	}
 	// The O_PATH fd is ours; re-opening it through /proc is how a held inode
 	// is opened again without any path lookup (as virtiofsd does).

@@ -10,6 +10,8 @@ import (
 func sampleRequests() []Request {
 	return []Request{
 		{Op: OpHello, Hello: Hello{Magic: Magic, Version: Version, Features: FeatAll, Session: [16]byte{1, 2}, Export: "rootfs"}},
+		// a peer from before FeatReplay
+		{Op: OpHello, Hello: Hello{Magic: Magic, Version: Version, Features: FeatAll &^ FeatReplay, Session: [16]byte{3}, Export: "x"}},
 		{Op: OpLookup, Node: 1, Name: "etc"},
 		{Op: OpForget, Forgets: []Forget{{Node: 2, N: 3}, {Node: 7, N: 1}}},
 		{Op: OpSetAttr, Node: 3, Fh: 9, Valid: 0x3f, Mode: 0o4755, Uid: 1000, Gid: 100, Len: 4096,
@@ -33,6 +35,7 @@ func sampleReplies() []struct {
 		r  Reply
 	}{
 		{OpHello, Reply{Hello: HelloReply{Version: 1, Features: FeatAll, Generation: 99, Root: Entry{Node: 1, Attr: a}, ReadOnly: true}}},
+		{OpHello, Reply{Hello: HelloReply{Version: 1, Features: FeatAll &^ FeatReplay, Generation: 1, Root: Entry{Node: 1, Attr: a}}}},
 		{OpLookup, Reply{Entry: Entry{Node: 4, Attr: a}}},
 		{OpLookup, Reply{Errno: 2}},
 		{OpRead, Reply{Data: []byte("data")}},

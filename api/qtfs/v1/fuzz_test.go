@@ -66,6 +66,11 @@ func FuzzReadFrame(f *testing.F) {
 	WriteFrame(&buf, Header{Op: OpLookup, ID: 1}, []byte("abcdefgh\x01\x00x"), nil)
 	f.Add(buf.Bytes())
 	f.Add(make([]byte, HeaderSize))
+	// A reply to a request sent again after a reconnect: the session-wide ID
+	// of its first attempt (FeatReplay), far from any per-connection count.
+	buf.Reset()
+	WriteFrame(&buf, Header{Op: OpCreate, Flags: FlagReply, ID: 1<<40 + 7}, []byte("\x11\x00\x00\x00"), nil)
+	f.Add(buf.Bytes())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, p, err := ReadFrame(bytes.NewReader(b), make([]byte, HeaderSize), nil)
 		if err != nil {

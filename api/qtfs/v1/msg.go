@@ -80,7 +80,12 @@ const (
 	FeatNotify                         // server pushes invalidations (inotify)
 	FeatLocks                          // POSIX and flock locks are held on the host
 	FeatXattr                          // extended attributes
-	FeatAll         = FeatReadDirPlus | FeatNotify | FeatLocks | FeatXattr
+	// FeatReplay: request IDs are unique within the session (the client
+	// sends a request again after a reconnect under its first ID) and the
+	// server answers an ID it already executed for a non-idempotent request
+	// with the reply it recorded, instead of executing it twice.
+	FeatReplay
+	FeatAll = FeatReadDirPlus | FeatNotify | FeatLocks | FeatXattr | FeatReplay
 )
 
 // Limits enforced by decoders.
