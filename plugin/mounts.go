@@ -134,43 +134,33 @@ func (p mountPolicy) prepareRootfs(in []*runtimev1.Mount) (_ *preparedMounts, re
 		switch {
 		case m.Type == "overlay":
 			nm.Source = "overlay"
-			for _, o := range m.Options {
-				k, v, hasV := strings.Cut(o, "=")
-				switch {
-				case k == "lowerdir" && hasV:
-					var dirs []string
-					for _, d := range strings.Split(v, ":") {
-						pd, err := pin("overlay lowerdir", d)
-						if err != nil {
-							return nil, err
-						}
-						dirs = append(dirs, pd)
-					}
-					nm.Options = append(nm.Options, "lowerdir="+strings.Join(dirs, ":"))
-				case (k == "upperdir" || k == "workdir") && hasV:
-					pd, err := pin("overlay "+k, v)
+			err := walkOverlayOptions(m.Options, func(k string, dirs []string) error {
+				for i, d := range dirs {
+					pd, err := pin("overlay "+k, d)
 					if err != nil {
-						return nil, err
+						return err
 					}
-					nm.Options = append(nm.Options, k+"="+pd)
-				case !hasV && overlayFlags[k], hasV && overlayKeys[k]:
-					nm.Options = append(nm.Options, o)
-				default:
-					return nil, fmt.Errorf("overlay option %q is not allowed: %w", o, errdefs.ErrInvalidArgument)
+					dirs[i] = pd
 				}
+				nm.Options = append(nm.Options, k+"="+strings.Join(dirs, ":"))
+				return nil
+			}, func(o string) error {
+				nm.Options = append(nm.Options, o)
+				return nil
+			})
+			if err != nil {
+				return nil, err
 			}
-		case m.Type == "bind" || m.Type == "rbind" || (m.Type == "none" && hasBind(m.Options)):
+		case isBindRootfs(m.Type, m.Options):
 			src, err := pin("bind source", m.Source)
 			if err != nil {
 				return nil, err
 			}
-			nm.Type, nm.Source = "bind", src
-			for _, o := range m.Options {
-				if !bindFlags[o] {
-					return nil, fmt.Errorf("bind option %q is not allowed: %w", o, errdefs.ErrInvalidArgument)
-				}
-				nm.Options = append(nm.Options, o)
+			if err := checkBindOptions(m.Options); err != nil {
+				return nil, err
 			}
+			nm.Type, nm.Source = "bind", src
+			nm.Options = append(nm.Options, m.Options...)
 			if !hasBind(nm.Options) {
 				nm.Options = append(nm.Options, "rbind")
 			}
@@ -180,6 +170,46 @@ func (p mountPolicy) prepareRootfs(in []*runtimev1.Mount) (_ *preparedMounts, re
 		out.mounts = append(out.mounts, nm)
 	}
 	return out, nil
+}
+
+// walkOverlayOptions checks an overlay mount's options against the
+// allowlists. It hands each directory option (lowerdir, with its colon
+// separated list split, upperdir, workdir) to dir, which may rewrite the
+// paths in place, and every other allowed option to flag, in order.
+func walkOverlayOptions(opts []string, dir func(key string, paths []string) error, flag func(opt string) error) error {
+	for _, o := range opts {
+		k, v, hasV := strings.Cut(o, "=")
+		var err error
+		switch {
+		case k == "lowerdir" && hasV:
+			err = dir(k, strings.Split(v, ":"))
+		case (k == "upperdir" || k == "workdir") && hasV:
+			err = dir(k, []string{v})
+		case !hasV && overlayFlags[k], hasV && overlayKeys[k]:
+			err = flag(o)
+		default:
+			err = fmt.Errorf("overlay option %q is not allowed: %w", o, errdefs.ErrInvalidArgument)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isBindRootfs reports whether a rootfs mount of typ with opts is a bind mount.
+func isBindRootfs(typ string, opts []string) bool {
+	return typ == "bind" || typ == "rbind" || (typ == "none" && hasBind(opts))
+}
+
+// checkBindOptions checks a bind mount's options against the allowlist.
+func checkBindOptions(opts []string) error {
+	for _, o := range opts {
+		if !bindFlags[o] {
+			return fmt.Errorf("bind option %q is not allowed: %w", o, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
 }
 
 func hasBind(opts []string) bool {

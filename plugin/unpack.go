@@ -9,7 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
+	"slices"
 
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
@@ -79,48 +79,43 @@ func (p mountPolicy) prepareUnpack(req *unpackv1.ApplyRequest) (_ *unpackTarget,
 	switch {
 	case m.GetType() == "overlay":
 		t.overlay = true
-		for _, o := range m.GetOptions() {
-			k, v, hasV := strings.Cut(o, "=")
-			switch {
-			case k == "upperdir" && hasV:
-				if t.dir.f != nil {
-					return nil, fmt.Errorf("overlay mount names two upperdirs: %w", errdefs.ErrInvalidArgument)
-				}
-				if t.dir, err = p.pinDir("overlay upperdir", v); err != nil {
-					return nil, err
-				}
-			case k == "lowerdir" && hasV:
-				for _, d := range strings.Split(v, ":") {
-					pd, err := p.pinDir("overlay lowerdir", d)
-					if err != nil {
-						return nil, err
-					}
-					t.parents = append(t.parents, pd)
-				}
-			case k == "workdir" && hasV:
-				pd, err := p.pinDir("overlay workdir", v)
-				if err != nil {
-					return nil, err
-				}
-				pd.f.Close()
-			case k == "ro" && !hasV:
-				return nil, fmt.Errorf("overlay mount is read-only: %w", errdefs.ErrInvalidArgument)
-			case !hasV && overlayFlags[k], hasV && overlayKeys[k]:
-			default:
-				return nil, fmt.Errorf("overlay option %q is not allowed: %w", o, errdefs.ErrInvalidArgument)
+		err := walkOverlayOptions(m.GetOptions(), func(k string, dirs []string) error {
+			if k == "upperdir" && t.dir.f != nil {
+				return fmt.Errorf("overlay mount names two upperdirs: %w", errdefs.ErrInvalidArgument)
 			}
+			for _, d := range dirs {
+				pd, err := p.pinDir("overlay "+k, d)
+				if err != nil {
+					return err
+				}
+				switch k {
+				case "upperdir":
+					t.dir = pd
+				case "lowerdir":
+					t.parents = append(t.parents, pd)
+				default: // workdir: checked, not used
+					pd.f.Close()
+				}
+			}
+			return nil
+		}, func(o string) error {
+			if o == "ro" {
+				return fmt.Errorf("overlay mount is read-only: %w", errdefs.ErrInvalidArgument)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 		if t.dir.f == nil {
 			return nil, fmt.Errorf("overlay mount without an upperdir (a read-only view): %w", errdefs.ErrNotImplemented)
 		}
-	case m.GetType() == "bind" || m.GetType() == "rbind" || (m.GetType() == "none" && hasBind(m.GetOptions())):
-		for _, o := range m.GetOptions() {
-			if o == "ro" {
-				return nil, fmt.Errorf("bind mount is read-only: %w", errdefs.ErrInvalidArgument)
-			}
-			if !bindFlags[o] {
-				return nil, fmt.Errorf("bind option %q is not allowed: %w", o, errdefs.ErrInvalidArgument)
-			}
+	case isBindRootfs(m.GetType(), m.GetOptions()):
+		if slices.Contains(m.GetOptions(), "ro") {
+			return nil, fmt.Errorf("bind mount is read-only: %w", errdefs.ErrInvalidArgument)
+		}
+		if err := checkBindOptions(m.GetOptions()); err != nil {
+			return nil, err
 		}
 		if t.dir, err = p.pinDir("bind source", m.GetSource()); err != nil {
 			return nil, err
