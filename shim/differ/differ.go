@@ -24,12 +24,12 @@ import (
 	"time"
 
 	diffapi "github.com/containerd/containerd/api/services/diff/v1"
-	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/diff"
 	"github.com/containerd/containerd/v2/core/diff/apply"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
@@ -130,7 +130,7 @@ func (s *Service) Stats() Stats {
 // Apply extracts one layer onto mounts: on the host when the mounts are on
 // a shared prefix, here otherwise.
 func (s *Service) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*diffapi.ApplyResponse, error) {
-	desc := descriptorFromProto(req.GetDiff())
+	desc := oci.DescriptorFromProto(req.GetDiff())
 	mounts := mount.FromProto(req.GetMounts())
 	ns, _ := namespaces.Namespace(ctx)
 	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"namespace": ns, "digest": desc.Digest, "media_type": desc.MediaType}))
@@ -140,7 +140,7 @@ func (s *Service) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*diffap
 		if err == nil {
 			s.host.Add(1)
 			log.G(ctx).WithFields(log.Fields{"diff_id": d.Digest, "duration": time.Since(start)}).Info("layer extracted on the host")
-			return &diffapi.ApplyResponse{Applied: descriptorToProto(d)}, nil
+			return &diffapi.ApplyResponse{Applied: oci.DescriptorToProto(d)}, nil
 		}
 		if !errdefs.IsNotImplemented(err) {
 			log.G(ctx).WithError(err).Warn("layer extraction on the host failed")
@@ -172,7 +172,7 @@ func (s *Service) Apply(ctx context.Context, req *diffapi.ApplyRequest) (*diffap
 	}
 	s.localN.Add(1)
 	log.G(ctx).WithFields(log.Fields{"diff_id": d.Digest, "duration": time.Since(start)}).Info("layer extracted on the DPU")
-	return &diffapi.ApplyResponse{Applied: descriptorToProto(d)}, nil
+	return &diffapi.ApplyResponse{Applied: oci.DescriptorToProto(d)}, nil
 }
 
 // Diff is not offered: containerd then uses the next differ in the diff
@@ -330,19 +330,6 @@ func (s *Service) noAnswer(ctx context.Context, err error) error {
 // fromHost turns the host's error answer into an errdefs error.
 func fromHost(e *unpackv1.Error) error {
 	return fmt.Errorf("offload-agent: %w", errgrpc.ToNative(status.Error(codes.Code(e.GetCode()), e.GetMessage())))
-}
-
-func descriptorFromProto(d *types.Descriptor) ocispec.Descriptor {
-	return ocispec.Descriptor{
-		MediaType:   d.GetMediaType(),
-		Digest:      digest.Digest(d.GetDigest()),
-		Size:        d.GetSize(),
-		Annotations: d.GetAnnotations(),
-	}
-}
-
-func descriptorToProto(d ocispec.Descriptor) *types.Descriptor {
-	return &types.Descriptor{MediaType: d.MediaType, Digest: d.Digest.String(), Size: d.Size, Annotations: d.Annotations}
 }
 
 // lazyStore opens containerd's content store on first use: the differ
